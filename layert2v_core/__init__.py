@@ -1,0 +1,24 @@
+"""LayerT2V core: the model, sampling, layer editing, compositing and video I/O, usable without ComfyUI."""
+from __future__ import annotations
+
+import importlib
+
+from .layers import LayerSpec
+
+# Public names and the module that defines each; imported on first use so `import layert2v_core` stays light.
+_LAZY = {
+    "load_dit": "checkpoints",
+    "WanDiT": "dit",
+    "DiTConfig": "dit",
+    "load_vae": "vae",
+    "WanVAE": "vae",
+    "load_text_encoder": "text",
+}
+
+__all__ = ["LayerSpec", *_LAZY]
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

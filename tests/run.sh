@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# One command from a fresh machine to a finished test run: install what is missing, then pytest.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+# A CPU torch only when none is installed, so an existing (CUDA) build is never replaced.
+python -c "import torch" 2>/dev/null || python -m pip install -q torch==2.13.0
+python -m pip install -q -r requirements-dev.txt
+python -m pytest -q "$@"
