@@ -21,7 +21,7 @@ FP8_DTYPES = tuple(getattr(torch, n) for n in ("float8_e4m3fn", "float8_e5m2") i
 # Scaled-fp8 side tensors: per-weight scales (two spellings across ComfyUI versions) and input-side extras.
 _WEIGHT_SCALE_SUFFIXES = (".scale_weight", ".weight_scale")
 _IGNORED_SUFFIXES = (".scale_input", ".input_scale", ".comfy_quant")
-_IGNORED_KEYS = ("scaled_fp8",)
+_IGNORED_KEYS = ("scaled_fp8",)  # a marker, at the top level or under a model prefix
 
 
 class CheckpointError(ValueError):
@@ -116,7 +116,7 @@ def read_tensor(source: Mapping[str, torch.Tensor], key: str, dtype: torch.dtype
 
 def is_side_tensor(key: str) -> bool:
     """Keys that only describe another tensor (fp8 scales, markers) and map to no parameter."""
-    return key in _IGNORED_KEYS or key.endswith(_WEIGHT_SCALE_SUFFIXES + _IGNORED_SUFFIXES)
+    return key.rpartition(".")[2] in _IGNORED_KEYS or key.endswith(_WEIGHT_SCALE_SUFFIXES + _IGNORED_SUFFIXES)
 
 
 def describe_mismatch(fmt: str, path, missing: Iterable[str], unexpected: Iterable[str], limit: int = 5) -> str:

@@ -1,0 +1,267 @@
+"""DiT checkpoints: detect the key layout, infer the config, load without a second copy, apply LayerT2V adapters.
+
+Layouts read: the original Wan2.1 names, ComfyUI's repack (the same names under `model.diffusion_model.`), and
+diffusers' `WanTransformer3DModel` (one file or a sharded folder). Adapters: the official LayerT2V PEFT folder
+(LoRA merged into the weights, `layer_adaln` restored) and our own single-file format written by the trainers.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+from typing import Callable, Mapping
+
+import torch
+
+from .dit import DiTConfig, WanDiT
+from .layers import ROUTING_POLICIES
+from .weights import (CheckpointError, WeightSource, assign_weights, is_side_tensor, open_weights, read_tensor,
+                      save_weights_atomic)
+
+COMFY_PREFIX = "model.diffusion_model."
+LAYER_ADALN_KEY = "layer_adaln.layer_modulation"
+ADAPTER_FORMAT = "layert2v-dit-adapter"
+METADATA_KEY = "layert2v"
+# Small, precision-critical tensors stay float32 whatever the weight dtype (Wan computes modulation in fp32).
+_FLOAT32_SUFFIXES = ("modulation",)
+
+# diffusers -> original Wan2.1 names, applied in order to each key.
+_DIFFUSERS_RENAMES = (
+    ("condition_embedder.time_embedder.linear_1.", "time_embedding.0."),
+    ("condition_embedder.time_embedder.linear_2.", "time_embedding.2."),
+    ("condition_embedder.text_embedder.linear_1.", "text_embedding.0."),
+    ("condition_embedder.text_embedder.linear_2.", "text_embedding.2."),
+    ("condition_embedder.time_proj.", "time_projection.1."),
+    (".attn1.", ".self_attn."),
+    (".attn2.", ".cross_attn."),
+    (".to_q.", ".q."),
+    (".to_k.", ".k."),
+    (".to_v.", ".v."),
+    (".to_out.0.", ".o."),
+    (".ffn.net.0.proj.", ".ffn.0."),
+    (".ffn.net.2.", ".ffn.2."),
+    (".norm2.", ".norm3."),  # diffusers' affine cross-attention norm is Wan's norm3
+)
+_DIFFUSERS_FIXED = {
+    "scale_shift_table": "head.modulation",
+    "proj_out.weight": "head.head.weight",
+    "proj_out.bias": "head.head.bias",
+}
+
+
+def detect_layout(keys) -> str:
+    """'comfyui', 'original' or 'diffusers', from the key names alone."""
+    keys = set(keys)
+    if any(k.startswith(COMFY_PREFIX) for k in keys):
+        return "comfyui"
+    if "blocks.0.self_attn.q.weight" in keys or "patch_embedding.weight" in keys and "head.head.weight" in keys:
+        return "original"
+    if any(k.startswith("condition_embedder.") for k in keys) and "proj_out.weight" in keys:
+        return "diffusers"
+    sample = sorted(keys)[:5]
+    raise CheckpointError(f"not a Wan2.1 DiT: none of the original, ComfyUI or diffusers key layouts matches "
+                          f"(first keys: {sample}); pick a Wan2.1 T2V diffusion-model file")
+
+
+def original_key(key: str, layout: str) -> str:
+    if layout == "comfyui":
+        return key[len(COMFY_PREFIX):] if key.startswith(COMFY_PREFIX) else key
+    if layout == "diffusers":
+        if key in _DIFFUSERS_FIXED:
+            return _DIFFUSERS_FIXED[key]
+        if re.fullmatch(r"blocks\.\d+\.scale_shift_table", key):
+            return key.replace("scale_shift_table", "modulation")
+        for a, b in _DIFFUSERS_RENAMES:
+            key = key.replace(a, b)
+    return key
+
+
+def _metadata_config(source: WeightSource) -> dict:
+    raw = source.metadata.get(METADATA_KEY)
+    return json.loads(raw).get("config", {}) if raw else {}
+
+
+def _diffusers_config(path: Path) -> dict:
+    config_file = (path if path.is_dir() else path.parent) / "config.json"
+    if not config_file.exists():
+        return {}
+    cfg = json.loads(config_file.read_text())
+    if cfg.get("_class_name") not in (None, "WanTransformer3DModel"):
+        return {}
+    return {"num_heads": cfg["num_attention_heads"]} if "num_attention_heads" in cfg else {}
+
+
+def infer_config(shape: Callable[[str], torch.Size], keys: set[str], known: Mapping | None = None) -> DiTConfig:
+    """A DiTConfig from tensor shapes (original names); `known` overrides what shapes cannot tell (e.g. heads)."""
+    patch = shape("patch_embedding.weight")
+    dim, in_dim = patch[0], patch[1]
+    patch_size = tuple(patch[2:])
+    num_layers = 1 + max(int(k.split(".")[1]) for k in keys if k.startswith("blocks."))
+    cfg = dict(
+        dim=dim, in_dim=in_dim, patch_size=patch_size, num_layers=num_layers,
+        ffn_dim=shape("blocks.0.ffn.0.weight")[0],
+        text_dim=shape("text_embedding.0.weight")[1],
+        freq_dim=shape("time_embedding.0.weight")[1],
+        out_dim=shape("head.head.weight")[0] // (patch_size[0] * patch_size[1] * patch_size[2]),
+        num_heads=max(dim // 128, 1),
+        qk_norm="blocks.0.self_attn.norm_q.weight" in keys,
+        cross_attn_norm="blocks.0.norm3.weight" in keys,
+    )
+    if LAYER_ADALN_KEY in keys:
+        cfg["num_layer_categories"] = shape(LAYER_ADALN_KEY)[0]
+    cfg.update({k: v for k, v in (known or {}).items() if k in DiTConfig.__dataclass_fields__})
+    if cfg["dim"] % cfg["num_heads"]:
+        raise CheckpointError(f"cannot infer the head count: dim {dim} is not a multiple of 128; pass num_heads=")
+    return DiTConfig(**cfg)
+
+
+# ---- adapters ----
+
+class Adapter:
+    """LoRA pairs to merge and whole tensors to replace, keyed by original module / tensor names."""
+
+    def __init__(self, lora: dict[str, tuple[torch.Tensor, torch.Tensor, float]], tensors: dict[str, torch.Tensor],
+                 routing_policy: str, source: str):
+        self.lora, self.tensors, self.routing_policy, self.source = lora, tensors, routing_policy, source
+
+    def reader(self, key: str, base: Callable[[], torch.Tensor]) -> Callable[[], torch.Tensor]:
+        if key in self.tensors:
+            return lambda: self.tensors[key]
+        module = key[: -len(".weight")] if key.endswith(".weight") else None
+        if module not in self.lora:
+            return base
+        down, up, scale = self.lora[module]
+
+        def merged() -> torch.Tensor:
+            w = base()
+            return (w.float() + scale * (up.float() @ down.float())).to(w.dtype)
+        return merged
+
+
+def _normalise_adapter_key(key: str) -> str:
+    key = key.removeprefix("base_model.model.")
+    return key.replace(".modules_to_save.default.", ".").replace(".default.", ".")
+
+
+def load_adapter(path: str | os.PathLike) -> Adapter:
+    """Read an official LayerT2V PEFT folder or our single-file adapter."""
+    path = Path(path)
+    if path.is_dir() and (path / "adapter_config.json").exists():
+        config = json.loads((path / "adapter_config.json").read_text())
+        files = [f for f in ("adapter_model.safetensors", "adapter_model.bin") if (path / f).exists()]
+        if not files:
+            raise CheckpointError(f"{path}: PEFT adapter folder without adapter_model.safetensors")
+        source = open_weights(path / files[0])
+        alpha, rank = config.get("lora_alpha", 8), config.get("r", 8)
+        rslora = config.get("use_rslora", False)
+        alpha_pattern, rank_pattern = config.get("alpha_pattern") or {}, config.get("rank_pattern") or {}
+
+        def scale_for(module: str) -> float:
+            a = next((v for k, v in alpha_pattern.items() if module.endswith(k)), alpha)
+            r = next((v for k, v in rank_pattern.items() if module.endswith(k)), rank)
+            return a / (r ** 0.5 if rslora else r)
+        return _build_adapter(source, scale_for, "official", f"PEFT folder {path}")
+    source = open_weights(path)
+    meta = json.loads(source.metadata.get(METADATA_KEY, "{}"))
+    if meta.get("format") != ADAPTER_FORMAT:
+        if any(k.startswith(("blocks.", COMFY_PREFIX, "condition_embedder.")) for k in source) \
+                and not any(".lora_" in k for k in source):
+            raise CheckpointError(f"{path} is a full model checkpoint, not a LayerT2V adapter; load it as the model "
+                                  f"and leave the adapter empty")
+        if not any(".lora_A" in k or ".lora_down" in k for k in source) and LAYER_ADALN_KEY not in source:
+            raise CheckpointError(f"{path} is not a LayerT2V adapter: it has no LoRA weights and no "
+                                  f"{LAYER_ADALN_KEY} (first keys: {sorted(source)[:5]})")
+    policy = meta.get("routing_policy", "paper")
+    alpha = meta.get("lora_alpha")
+
+    def scale_for(module: str) -> float:
+        rank = source[f"{module}.lora_A.weight"].shape[0]
+        return (alpha if alpha is not None else rank) / rank
+    return _build_adapter(source, scale_for, policy, f"adapter {path}")
+
+
+def _build_adapter(source: Mapping[str, torch.Tensor], scale_for: Callable[[str], float], policy: str,
+                   what: str) -> Adapter:
+    if policy not in ROUTING_POLICIES:
+        raise CheckpointError(f"{what}: unknown routing policy {policy!r}")
+    lora, tensors, downs, ups = {}, {}, {}, {}
+    for raw in source:
+        key = _normalise_adapter_key(raw)
+        if "lora_magnitude_vector" in key:
+            raise CheckpointError(f"{what}: DoRA adapters are not supported; merge them into the model first")
+        m = re.fullmatch(r"(.+)\.lora_(A|B)\.weight", key)
+        if m:
+            (downs if m.group(2) == "A" else ups)[m.group(1)] = source[raw]
+        elif not key.endswith(".alpha"):
+            tensors[key] = source[raw]
+    for module, down in downs.items():
+        if module not in ups:
+            raise CheckpointError(f"{what}: {module} has lora_A but no lora_B; the adapter is incomplete")
+        lora[module] = (down, ups[module], scale_for(module))
+    return Adapter(lora, tensors, policy, what)
+
+
+# ---- loading ----
+
+def load_dit(path: str | os.PathLike, dtype: torch.dtype | None = None, device: str | torch.device = "cpu",
+             adapter: str | os.PathLike | None = None, num_heads: int | None = None) -> WanDiT:
+    """Load a Wan2.1 T2V DiT (any supported layout, fp8 included) and optionally a LayerT2V adapter on top.
+
+    dtype: compute/weight dtype; None keeps the file's (fp8 files default to bfloat16). Tensors are read,
+    converted and placed one at a time into a model built on the meta device, so memory peaks at one model.
+    """
+    path = Path(path)
+    source = open_weights(path)
+    raw_keys = [k for k in source if not is_side_tensor(k)]
+    layout = detect_layout(raw_keys)
+    names = {original_key(k, layout): k for k in raw_keys}
+    known = {**_metadata_config(source), **(_diffusers_config(path) if layout == "diffusers" else {})}
+    extra = load_adapter(adapter) if adapter is not None else None
+    if extra is not None:
+        known["routing_policy"] = extra.routing_policy
+    if num_heads is not None:
+        known["num_heads"] = num_heads
+
+    def shape(key: str) -> torch.Size:
+        if extra is not None and key in extra.tensors:
+            return extra.tensors[key].shape
+        return source[names[key]].shape
+    keys = set(names) | (set(extra.tensors) if extra else set())
+    try:
+        cfg = infer_config(shape, keys, known)
+    except KeyError as missing:
+        raise CheckpointError(f"{path}: detected the {layout} layout but tensor {missing} is missing; the file is "
+                              f"partial or not a Wan2.1 T2V model") from None
+
+    if dtype is None:
+        file_dtype = source[names["blocks.0.ffn.0.weight"]].dtype
+        dtype = torch.bfloat16 if not file_dtype.is_floating_point or file_dtype.itemsize == 1 else file_dtype
+    with torch.device("meta"):
+        model = WanDiT(cfg)
+    readers = {k: (lambda k=k: read_tensor(source, names[k], dtype)) for k in names}
+    if extra is not None:
+        unknown = [m for m in extra.lora if f"{m}.weight" not in readers] + \
+                  [k for k in extra.tensors if k not in model.state_dict()]
+        if unknown:
+            raise CheckpointError(f"{extra.source} does not fit this DiT: it targets {sorted(unknown)[:5]}, which "
+                                  f"the model does not have; pick the adapter trained for this base model")
+        readers.update({k: extra.reader(k, readers.get(k)) for k in set(readers) | set(extra.tensors)})
+    assign_weights(model, readers, dtype=dtype, device=device, fmt=layout, path=path, optional=[LAYER_ADALN_KEY])
+    for name, p in model.named_parameters():
+        if name.endswith(_FLOAT32_SUFFIXES):
+            p.data = p.data.float()
+    return model.eval().requires_grad_(False)
+
+
+def save_dit_adapter(model: WanDiT, lora: Mapping[str, tuple[torch.Tensor, torch.Tensor]], path: str | os.PathLike,
+                     lora_alpha: float, extra: Mapping | None = None) -> None:
+    """Write our adapter file: LoRA pairs {module: (down [r, in], up [out, r])} + the LayerAdaLN table."""
+    tensors = {LAYER_ADALN_KEY: model.layer_adaln.layer_modulation.detach().float()}
+    for module, (down, up) in lora.items():
+        tensors[f"{module}.lora_A.weight"] = down.detach()
+        tensors[f"{module}.lora_B.weight"] = up.detach()
+    meta = {"format": ADAPTER_FORMAT, "version": 1, "lora_alpha": lora_alpha,
+            "routing_policy": model.config.routing_policy,
+            "num_layer_categories": model.config.num_layer_categories, **(extra or {})}
+    save_weights_atomic(tensors, path, {METADATA_KEY: json.dumps(meta)})
