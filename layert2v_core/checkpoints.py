@@ -108,9 +108,13 @@ def infer_config(shape: Callable[[str], torch.Size], keys: set[str], known: Mapp
         qk_norm="blocks.0.self_attn.norm_q.weight" in keys,
         cross_attn_norm="blocks.0.norm3.weight" in keys,
     )
+    # What the shapes say wins over metadata; metadata fills in what shapes cannot tell (heads, text_len, policy).
+    cfg = {**{k: v for k, v in (known or {}).items() if k in DiTConfig.__dataclass_fields__}, **cfg}
+    if "num_heads" in (known or {}):
+        cfg["num_heads"] = known["num_heads"]
     if LAYER_ADALN_KEY in keys:
         cfg["num_layer_categories"] = shape(LAYER_ADALN_KEY)[0]
-    cfg.update({k: v for k, v in (known or {}).items() if k in DiTConfig.__dataclass_fields__})
+    cfg["patch_size"] = tuple(cfg["patch_size"])
     if cfg["dim"] % cfg["num_heads"]:
         raise CheckpointError(f"cannot infer the head count: dim {dim} is not a multiple of 128; pass num_heads=")
     return DiTConfig(**cfg)
@@ -252,6 +256,13 @@ def load_dit(path: str | os.PathLike, dtype: torch.dtype | None = None, device: 
         if name.endswith(_FLOAT32_SUFFIXES):
             p.data = p.data.float()
     return model.eval().requires_grad_(False)
+
+
+def save_dit(model: WanDiT, path: str | os.PathLike, dtype: torch.dtype | None = None) -> None:
+    """Write a full checkpoint in the original layout, its config (heads, routing policy...) in the metadata."""
+    tensors = {k: (v.to(dtype) if dtype is not None and not k.endswith(_FLOAT32_SUFFIXES) else v)
+               for k, v in model.state_dict().items()}
+    save_weights_atomic(tensors, path, {METADATA_KEY: json.dumps({"config": model.config.to_dict()})})
 
 
 def save_dit_adapter(model: WanDiT, lora: Mapping[str, tuple[torch.Tensor, torch.Tensor]], path: str | os.PathLike,

@@ -15,7 +15,8 @@ import torch
 MAX_FOREGROUNDS = 3
 # paper: full sees every prompt, bg its own, fg_i and mask_i their fg_i prompt.
 # official: as paper, and every layer also sees the full prompt (LAYER_PROMPT_VISIBILITY of the released code).
-ROUTING_POLICIES = ("paper", "official")
+# shared: every layer sees every prompt, i.e. no layered cross-attention (the paper's ablation baseline).
+ROUTING_POLICIES = ("paper", "official", "shared")
 # Rows of a single-foreground LayerAdaLN table: what the official 4-row checkpoints hold.
 SINGLE_FOREGROUND_CATEGORIES = 4
 
@@ -128,7 +129,7 @@ class LayerSpec:
         vis = torch.zeros(self.num_segments, self.num_prompts, dtype=torch.bool)
         for s, name in enumerate(self.segments):
             kind, number = self.kind(name), self.foreground_number(name)
-            if kind == "full":
+            if kind == "full" or self.policy == "shared":
                 vis[s, :] = True
             elif kind == "bg":
                 vis[s, self.prompts.index("bg")] = True

@@ -1,0 +1,217 @@
+"""Behaviour of the layered forward: LayerAdaLN, routing, checkpointing, and LayerT2V adapters."""
+import pytest
+import torch
+
+from layert2v_core import LayerSpec, load_dit
+from safetensors import safe_open
+
+from layert2v_core.checkpoints import save_dit, save_dit_adapter
+from layert2v_core.dit import DiTConfig, WanDiT
+from layert2v_core.weights import CheckpointError, save_weights_atomic
+
+
+def tiny(num_layers=2, text_len=24, **kw) -> WanDiT:
+    torch.manual_seed(0)
+    cfg = DiTConfig(dim=64, num_heads=2, ffn_dim=128, num_layers=num_layers, text_dim=32, freq_dim=32,
+                    text_len=text_len, **kw)
+    return WanDiT(cfg).eval()
+
+
+def sample(spec: LayerSpec, batch=1, frames=1, size=4, lens=(8, 8, 8)):
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(batch, 16, spec.num_segments * frames, size, size, generator=g)
+    t = torch.full((batch,), 500.0)
+    ctx = torch.randn(batch, 24, 32, generator=g)
+    return x, t, ctx, torch.tensor([list(lens)] * batch)
+
+
+def tokens_of(spec: LayerSpec, out: torch.Tensor, name: str) -> torch.Tensor:
+    return spec.split(out)[name]
+
+
+def test_zero_adaln_and_full_visibility_equals_plain():
+    model = tiny()
+    spec = LayerSpec(1, "shared")
+    x, t, ctx, lens = sample(spec, batch=2)  # prompt lengths fill all 24 rows: nothing is padding
+    with torch.no_grad():
+        plain = model(x, t, ctx)
+        layered = model(x, t, ctx, layer_spec=spec, prompt_lens=lens)
+    assert (layered - plain).abs().max() <= 1e-6 * plain.abs().max()
+
+
+@pytest.mark.parametrize("policy", ["paper", "official"])
+def test_bg_prompt_does_not_reach_foreground_tokens(policy):
+    """One block: cross-attention is the only way a prompt enters, so fg/mask tokens must ignore the bg prompt."""
+    model = tiny(num_layers=1)
+    spec = LayerSpec(1, policy)
+    x, t, ctx, lens = sample(spec)
+    other = ctx.clone()
+    other[:, 16:24] = torch.randn(1, 8, 32)  # rows 16..23 are the bg prompt ([full | fg1 | bg])
+    with torch.no_grad():
+        a = model(x, t, ctx, layer_spec=spec, prompt_lens=lens)
+        b = model(x, t, other, layer_spec=spec, prompt_lens=lens)
+    for name in ("fg1", "mask1"):
+        assert torch.equal(tokens_of(spec, a, name), tokens_of(spec, b, name))
+    for name in ("full", "bg"):
+        assert not torch.allclose(tokens_of(spec, a, name), tokens_of(spec, b, name))
+
+
+def test_full_prompt_reaches_layers_only_under_official_policy():
+    model = tiny(num_layers=1)
+    x, t, ctx, lens = sample(LayerSpec(1))
+    other = ctx.clone()
+    other[:, 0:8] = torch.randn(1, 8, 32)  # the full prompt
+    for policy, reaches in (("paper", False), ("official", True)):
+        spec = LayerSpec(1, policy)
+        with torch.no_grad():
+            a = model(x, t, ctx, layer_spec=spec, prompt_lens=lens)
+            b = model(x, t, other, layer_spec=spec, prompt_lens=lens)
+        changed = not torch.equal(tokens_of(spec, a, "bg"), tokens_of(spec, b, "bg"))
+        assert changed == reaches
+
+
+def test_cross_attention_routing_in_every_block_of_a_deep_model():
+    model = tiny(num_layers=3)
+    spec = LayerSpec(2)
+    lens = torch.tensor([[5, 5, 6, 8]])  # [full | fg1 | fg2 | bg]
+    h = torch.randn(1, spec.num_segments * 6, 64)
+    ctx = model.text_embedding(torch.randn(1, 24, 32))
+    ctx2 = ctx.clone()
+    ctx2[:, 5:10] = torch.randn(1, 5, 64)  # change only fg1's prompt
+    bias = spec.attention_bias(lens, 24)
+    with torch.no_grad():
+        for block in model.blocks:
+            a = block.cross_attn.cross_attention(h, ctx, bias).unflatten(1, (spec.num_segments, -1))
+            b = block.cross_attn.cross_attention(h, ctx2, bias).unflatten(1, (spec.num_segments, -1))
+            same = [torch.equal(a[:, s], b[:, s]) for s in range(spec.num_segments)]
+            assert same == [False, True, False, False, True, True]  # full, bg, fg1, mask1, fg2, mask2
+
+
+def test_layer_adaln_row_modulates_its_own_segment():
+    model = tiny(num_layers=1)
+    with torch.no_grad():  # silence self-attention so tokens cannot mix; then only the bg segment may change
+        model.blocks[0].self_attn.o.weight.zero_()
+        model.blocks[0].self_attn.o.bias.zero_()
+    spec = LayerSpec(1)
+    x, t, ctx, lens = sample(spec)
+    with torch.no_grad():
+        before = model(x, t, ctx, layer_spec=spec, prompt_lens=lens)
+        model.layer_adaln.layer_modulation[spec.categories[spec.segment_index("bg")]] = 0.5
+        after = model(x, t, ctx, layer_spec=spec, prompt_lens=lens)
+    for name in spec.segments:
+        assert torch.equal(tokens_of(spec, before, name), tokens_of(spec, after, name)) == (name != "bg")
+
+
+def test_gradient_checkpointing_gives_same_values_and_gradients():
+    spec = LayerSpec(1)
+    x, t, ctx, lens = sample(spec)
+    grads = []
+    for flag in (False, True):
+        model = tiny().train().requires_grad_(True)
+        model.gradient_checkpointing = flag
+        out = model(x, t, ctx, layer_spec=spec, prompt_lens=lens)
+        out.square().mean().backward()
+        grads.append((out.detach(), model.blocks[0].self_attn.q.weight.grad.clone(),
+                      model.layer_adaln.layer_modulation.grad.clone()))
+    for a, b in zip(*grads):
+        assert torch.allclose(a, b, atol=1e-6, rtol=1e-5)
+
+
+def test_layered_input_errors_are_clear():
+    model = tiny()
+    spec = LayerSpec(1)
+    x, t, ctx, lens = sample(spec)
+    with pytest.raises(ValueError, match="do not divide by 4"):
+        model(x[:, :, :3], t, ctx, layer_spec=spec, prompt_lens=lens)
+    with pytest.raises(ValueError, match="needs prompt_lens"):
+        model(x, t, ctx, layer_spec=spec)
+    with pytest.raises(ValueError, match="enough for 1 foreground"):
+        model.layer_spec(2)
+
+
+def test_extend_layer_categories_copies_single_foreground_rows():
+    model = tiny()
+    with torch.no_grad():
+        model.layer_adaln.layer_modulation.copy_(torch.randn(4, 6, 64))
+    old = model.layer_adaln.layer_modulation.detach().clone()
+    model.extend_layer_categories(3)
+    new = model.layer_adaln.layer_modulation
+    assert new.shape == (8, 6, 64) and model.config.num_layer_categories == 8
+    for row, src in enumerate((0, 1, 2, 3, 2, 3, 2, 3)):
+        assert torch.equal(new[row], old[src])
+    assert model.layer_spec(3).num_foregrounds == 3
+
+
+def _base_file(model: WanDiT, path):
+    """A plain Wan checkpoint (no LayerAdaLN) carrying the tiny config the weights cannot tell (heads, text_len)."""
+    save_dit(model, path)
+    with safe_open(str(path), "pt") as h:
+        meta, tensors = h.metadata(), {k: h.get_tensor(k) for k in h.keys() if not k.startswith("layer_adaln")}
+    save_weights_atomic(tensors, path, meta)
+    return path
+
+
+def test_official_peft_adapter_matches_peft_model(tmp_path):
+    """The official adapter is a PEFT save_pretrained folder; load_dit merges it and must equal PEFT's own
+    (unmerged) forward."""
+    peft = pytest.importorskip("peft")
+    model = tiny(text_len=24)
+    base = _base_file(model, tmp_path / "base.safetensors")
+    config = peft.LoraConfig(r=4, lora_alpha=8, target_modules=["self_attn.q", "cross_attn.v", "ffn.0", "head.head",
+                                                                 "time_projection.1"],
+                             modules_to_save=["layer_adaln"], lora_dropout=0.0)
+    wrapped = peft.get_peft_model(model, config)
+    table = torch.randn(4, 6, 64) * 0.1
+    with torch.no_grad():
+        for name, p in wrapped.named_parameters():
+            if "lora_B" in name:
+                p.copy_(torch.randn_like(p) * 0.1)
+            elif "layer_modulation" in name:  # the saved copy and the one our forward reads must agree
+                p.copy_(table)
+    wrapped.save_pretrained(str(tmp_path / "adapter"))
+    spec = LayerSpec(1, "official")
+    x, t, ctx, lens = sample(spec)
+    with torch.no_grad():
+        expected = wrapped(x, t, ctx, layer_spec=spec, prompt_lens=lens)
+        loaded = load_dit(base, adapter=tmp_path / "adapter")
+        got = loaded(x, t, ctx, layer_spec=spec, prompt_lens=lens)
+    assert loaded.config.routing_policy == "official"
+    assert torch.equal(loaded.layer_adaln.layer_modulation, table)
+    assert (got - expected).abs().max() <= 1e-5 * expected.abs().max()
+
+
+def test_own_adapter_roundtrip(tmp_path):
+    model = tiny()
+    base = _base_file(model, tmp_path / "base.safetensors")
+    lora = {"blocks.0.self_attn.k": (torch.randn(3, 64) * 0.1, torch.randn(64, 3) * 0.1),
+            "blocks.1.ffn.2": (torch.randn(3, 128) * 0.1, torch.randn(64, 3) * 0.1)}
+    with torch.no_grad():
+        model.layer_adaln.layer_modulation.normal_()
+    save_dit_adapter(model, lora, tmp_path / "adapter.safetensors", lora_alpha=6.0)
+    loaded = load_dit(base, adapter=tmp_path / "adapter.safetensors")
+    with torch.no_grad():
+        for module, (down, up) in lora.items():
+            base_w = model.get_submodule(module).weight
+            assert torch.allclose(loaded.get_submodule(module).weight, base_w + 2.0 * up @ down, atol=1e-6)
+    assert torch.equal(loaded.layer_adaln.layer_modulation, model.layer_adaln.layer_modulation)
+    plain = load_dit(base)
+    spec = LayerSpec(1)
+    x, t, ctx, lens = sample(spec)
+    with torch.no_grad():
+        assert not torch.allclose(plain(x, t, ctx, layer_spec=spec, prompt_lens=lens),
+                                  loaded(x, t, ctx, layer_spec=spec, prompt_lens=lens))
+
+
+def test_wrong_file_in_adapter_slot(tmp_path):
+    model = tiny()
+    base = _base_file(model, tmp_path / "base.safetensors")
+    with pytest.raises(CheckpointError, match="full model checkpoint, not a LayerT2V adapter"):
+        load_dit(base, adapter=base)
+    save_weights_atomic({"decoder.conv1.weight": torch.zeros(2)}, tmp_path / "vae.safetensors")
+    with pytest.raises(CheckpointError, match="not a LayerT2V adapter"):
+        load_dit(base, adapter=tmp_path / "vae.safetensors")
+    other = WanDiT(DiTConfig(dim=32, num_heads=1, ffn_dim=64, num_layers=2, text_dim=32, freq_dim=32))
+    save_dit_adapter(other, {"blocks.5.self_attn.q": (torch.zeros(2, 32), torch.zeros(32, 2))},
+                     tmp_path / "foreign.safetensors", lora_alpha=2)
+    with pytest.raises(CheckpointError, match="does not fit this DiT"):
+        load_dit(base, adapter=tmp_path / "foreign.safetensors")
