@@ -13,6 +13,13 @@ _LAZY = {
     "load_vae": "vae",
     "WanVAE": "vae",
     "load_text_encoder": "text",
+    "flow_sigmas": "sampling",
+    "sample": "sampling",
+    "cfg_velocity": "sampling",
+    "seeded_noise": "sampling",
+    "SOLVERS": "sampling",
+    "keep_mask": "conditioning",
+    "known_latent": "conditioning",
 }
 
 __all__ = ["LayerSpec", *_LAZY]
