@@ -20,6 +20,13 @@ _LAZY = {
     "SOLVERS": "sampling",
     "keep_mask": "conditioning",
     "known_latent": "conditioning",
+    "premultiply": "composite",
+    "unpremultiply": "composite",
+    "recompose": "composite",
+    "over_background": "composite",
+    "consistency_error": "composite",
+    "read_video": "video_io",
+    "write_video": "video_io",
 }
 
 __all__ = ["LayerSpec", *_LAZY]
