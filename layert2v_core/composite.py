@@ -83,7 +83,8 @@ def over_background(background: torch.Tensor, foregrounds_straight: Sequence[tor
 
 
 def consistency_error(full: torch.Tensor, background: torch.Tensor,
-                      foregrounds_premultiplied: Sequence[torch.Tensor], alphas: Sequence[torch.Tensor]) -> torch.Tensor:
+                      foregrounds_premultiplied: Sequence[torch.Tensor],
+                      alphas: Sequence[torch.Tensor]) -> torch.Tensor:
     """Layer-consistency error mean|recompose(background, fgs, alphas) - full| (0-d tensor, in [0, 1] units).
 
     Foregrounds premultiplied, as generated; a perfectly consistent decomposition scores 0.

@@ -89,7 +89,7 @@ def seeded_noise(shape: Sequence[int], seed: int, device: torch.device | str = "
 
 
 def _batch_pair(uncond: Any, cond: Any) -> Any:
-    """Stack an unconditional and a conditional input along dim 0: tensors, mappings/tuples of them, or equal constants."""
+    """Stack uncond and cond along dim 0: tensors, mappings/sequences of them, or constants equal in both."""
     if isinstance(cond, torch.Tensor):
         if not isinstance(uncond, torch.Tensor) or uncond.shape[1:] != cond.shape[1:]:
             raise ValueError("cond and uncond must have the same structure and shapes after the batch dimension, got "

@@ -1,4 +1,4 @@
-"""Flow-matching sampler: schedule, solver accuracy (analytic flow), diffusers parity, seeds, CFG, layer conditioning."""
+"""Flow-matching sampler: schedule, accuracy on an analytic flow, diffusers parity, seeds, CFG, layer conditioning."""
 import math
 
 import numpy as np
@@ -92,7 +92,8 @@ def test_solvers_converge_with_expected_order(shift):
 def test_default_schedule_is_accurate_at_50_steps():
     flow = GaussianFlow()
     errors = {solver: flow.rms_error(50, 5.0, solver) for solver in SOLVERS}
-    # Higher order pays off at the default step count too (measured RMS error: euler 0.046, dpmpp_2m 0.0088, unipc 0.0073).
+    # Higher order pays off at the default step count too.
+    # Measured RMS error: euler 0.046, dpmpp_2m 0.0088, unipc 0.0073.
     assert errors["unipc"] < errors["euler"] / 3 and errors["dpmpp_2m"] < errors["euler"] / 3, errors
 
 
@@ -121,9 +122,9 @@ def _parity_start():
 
 # fp32 on both sides; diffusers forms its step coefficients in float32 from float32 sigmas, we form them in float64.
 # Per step that differs by a few float32 ulps of values up to ~5; the measured gap over whole trajectories is
-# at most 2.2e-6 (unipc 2.1e-6, dpmpp_2m 1.9e-6, euler 0). 2e-5 leaves room for other CPUs' rounding and still catches a wrong
-# coefficient: the short 8-step, unshifted schedule makes the warm-up and corrector steps count (near sigma = 1
-# the coefficients carry a factor 1 - sigma that hides them in the 50-step shifted schedule).
+# at most 2.2e-6 (unipc 2.1e-6, dpmpp_2m 1.9e-6, euler 0). 2e-5 leaves room for other CPUs' rounding and still
+# catches a wrong coefficient: the short 8-step, unshifted schedule makes the warm-up and corrector steps count
+# (near sigma = 1 the coefficients carry a factor 1 - sigma that hides them in the 50-step shifted schedule).
 PARITY_ATOL = 2e-5
 PARITY_SCHEDULES = [(50, 5.0), (8, 1.0)]
 
