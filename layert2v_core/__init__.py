@@ -13,6 +13,20 @@ _LAZY = {
     "load_vae": "vae",
     "WanVAE": "vae",
     "load_text_encoder": "text",
+    "flow_sigmas": "sampling",
+    "sample": "sampling",
+    "cfg_velocity": "sampling",
+    "seeded_noise": "sampling",
+    "SOLVERS": "sampling",
+    "keep_mask": "conditioning",
+    "known_latent": "conditioning",
+    "premultiply": "composite",
+    "unpremultiply": "composite",
+    "recompose": "composite",
+    "over_background": "composite",
+    "consistency_error": "composite",
+    "read_video": "video_io",
+    "write_video": "video_io",
 }
 
 __all__ = ["LayerSpec", *_LAZY]
