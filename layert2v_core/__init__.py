@@ -13,6 +13,12 @@ _LAZY = {
     "load_vae": "vae",
     "WanVAE": "vae",
     "load_text_encoder": "text",
+    "TextEncoder": "text",
+    "LayeredContext": "text",
+    "encode_layer_prompts": "text",
+    "batch_layered_contexts": "text",
+    "WAN_NEGATIVE_PROMPT": "text",
+    "TextEmbeddingCache": "text_cache",
 }
 
 __all__ = ["LayerSpec", *_LAZY]
