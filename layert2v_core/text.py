@@ -125,6 +125,8 @@ def load_text_encoder(path: str | os.PathLike, dtype: torch.dtype | None = None,
     comes from (ComfyUI files carry their own; Wan's .pth looks for google/umt5-xxl beside it). `cache_dir` turns
     on the on-disk embedding cache.
     """
+    if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+        raise TypeError(f"dtype must be a floating torch.dtype such as torch.bfloat16, got {dtype!r}")
     files = find_encoder_files(path, tokenizer)
     model = build_encoder(files, dtype, torch.device(device))
     cache = TextEmbeddingCache(cache_dir) if cache_dir is not None else None

@@ -172,10 +172,10 @@ def _transformers_prefix(path: Path, source: WeightSource) -> str:
 def _transformers_keys(source: WeightSource, prefix: str) -> dict[str, str]:
     keys: dict[str, str] = {}
     for key in source:
-        if not key.startswith(prefix) or is_side_tensor(key):
+        if not key.startswith(prefix):
             continue
         name = key[len(prefix):]
-        if name == SPIECE_KEY or name.startswith(("decoder.", "lm_head.")):
+        if is_side_tensor(name) or name == SPIECE_KEY or name.startswith(("decoder.", "lm_head.")):
             continue  # the tokenizer, and the parts of a full encoder-decoder umt5 that text encoding never uses
         if name == TIED_EMBEDDING:
             keys.setdefault(EMBEDDING, key)  # only when the file has no shared.weight of its own

@@ -260,6 +260,17 @@ def test_fp8_weights_are_the_files_dequantised_within_fp8_rounding(tiny):
     assert checked == 7 * 2
 
 
+def test_prefixed_single_file_loads(tiny, tmp_path):
+    from safetensors.torch import load_file
+
+    prefix = "text_encoders.umt5xxl.transformer."
+    prefixed = tmp_path / "umt5_prefixed.safetensors"
+    save_file({prefix + k: v for k, v in load_file(tiny["paths"]["comfy_fp8"]).items()}, prefixed)
+    encoder = load_text_encoder(prefixed, dtype=torch.float32)
+    ids = _ids(tiny, PROMPTS[0])
+    _assert_close(encoder.encode(PROMPTS[:1])[0][0, :len(ids)], _real_tokens(tiny["fp8_model"], ids), "prefixed")
+
+
 @pytest.mark.parametrize("layout,dtype", [("wan", torch.bfloat16), ("comfy_fp16", torch.float16),
                                           ("comfy_fp8", torch.bfloat16), ("hf", torch.float32)])
 def test_default_dtype_is_the_files(tiny, layout, dtype):
@@ -411,6 +422,8 @@ def test_bad_inputs_get_clear_messages(tiny, tmp_path):
     save_file({"model.diffusion_model.blocks.0.ffn.0.weight": torch.zeros(2, 2)}, tmp_path / "dit.safetensors")
     with pytest.raises(CheckpointError, match="not a umt5 text encoder"):
         load_text_encoder(tmp_path / "dit.safetensors")
+    with pytest.raises(TypeError, match="floating torch.dtype"):
+        load_text_encoder(tiny["paths"]["comfy_fp16"], dtype="bf16")
     encoder = load_text_encoder(tiny["paths"]["comfy_fp16"], dtype=torch.float32)
     with pytest.raises(TypeError, match="list of prompts"):
         encoder.encode("one string")
