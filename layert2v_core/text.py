@@ -71,6 +71,11 @@ class TextEncoder:
             self._fingerprint = hashlib.sha256(parts.encode()).hexdigest()[:16]
         return self._fingerprint
 
+    @property
+    def cache_key(self) -> str:
+        """The cache's encoder key: the files' fingerprint and the compute dtype (bf16 and fp32 results differ)."""
+        return f"{self.fingerprint}:{str(self.dtype).removeprefix('torch.')}"
+
     def to(self, device) -> "TextEncoder":
         self.model.to(device)
         return self
@@ -85,7 +90,7 @@ class TextEncoder:
         found: dict[str, torch.Tensor] = {}
         if self.cache is not None:
             for text in unique:
-                hit = self.cache.get(self.fingerprint, text)
+                hit = self.cache.get(self.cache_key, text)
                 if hit is not None and hit.shape == (len(tokens[text].ids), self.dim):
                     found[text] = hit.to(self.device, self.dtype)
         todo = [t for t in unique if t not in found]
@@ -94,7 +99,7 @@ class TextEncoder:
             for text, out in zip(chunk, self._run([tokens[t].ids for t in chunk])):
                 found[text] = out
                 if self.cache is not None:
-                    self.cache.put(self.fingerprint, text, out)
+                    self.cache.put(self.cache_key, text, out)
         return [found[p] for p in prompts]
 
     def encode(self, prompts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:

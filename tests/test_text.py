@@ -400,6 +400,9 @@ def test_cache_serves_embeddings_without_running_the_model(tiny, tmp_path):
     assert other.fingerprint != first.fingerprint
     other.encode(PROMPTS[:1])
     assert len(list(tmp_path.rglob("*.safetensors"))) == len(PROMPTS) + 1
+    in_bf16 = load_text_encoder(tiny["paths"]["comfy_fp16"], dtype=torch.bfloat16, cache_dir=tmp_path)
+    assert in_bf16.encode(PROMPTS[:1])[0].dtype == torch.bfloat16  # a run in another dtype is its own entry
+    assert len(list(tmp_path.rglob("*.safetensors"))) == len(PROMPTS) + 2
     assert not list(tmp_path.rglob("*.tmp"))
 
 
