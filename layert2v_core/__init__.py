@@ -27,6 +27,12 @@ _LAZY = {
     "consistency_error": "composite",
     "read_video": "video_io",
     "write_video": "video_io",
+    "TextEncoder": "text",
+    "LayeredContext": "text",
+    "encode_layer_prompts": "text",
+    "batch_layered_contexts": "text",
+    "WAN_NEGATIVE_PROMPT": "text",
+    "TextEmbeddingCache": "text_cache",
 }
 
 __all__ = ["LayerSpec", *_LAZY]

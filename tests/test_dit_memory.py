@@ -1,0 +1,44 @@
+"""Loading a DiT holds one copy of the weights, not two (peak RSS of a fresh process)."""
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+from layert2v_core.checkpoints import save_dit
+from layert2v_core.dit import DiTConfig, WanDiT
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/clear_refs"), reason="peak-RSS reset needs Linux /proc")
+def test_load_peak_memory_is_one_model(tmp_path):
+    cfg = DiTConfig(dim=512, num_heads=4, ffn_dim=2048, num_layers=6, text_dim=1024, freq_dim=256)
+    with torch.device("meta"):
+        shapes = WanDiT(cfg).state_dict()
+    model_bytes = sum(v.numel() * 4 for v in shapes.values())
+    path = tmp_path / "dit.safetensors"
+    save_dit(WanDiT(cfg), path)
+    script = textwrap.dedent(f"""
+        import sys
+        sys.path.insert(0, {ROOT!r})
+        import torch
+        from layert2v_core import load_dit
+
+        def rss(field):
+            for line in open("/proc/self/status"):
+                if line.startswith(field):
+                    return int(line.split()[1]) * 1024
+
+        open("/proc/self/clear_refs", "w").write("5")  # reset the peak (VmHWM) to the current size
+        before = rss("VmRSS:")
+        model = load_dit({str(path)!r})
+        print(rss("VmHWM:") - before)
+    """)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    peak_growth = int(out.stdout.strip().splitlines()[-1])
+    # One model plus the largest single tensor and allocator slack; two copies would be >= 2x.
+    print(f"peak growth {peak_growth / model_bytes:.2f}x model size")
+    assert peak_growth < 1.35 * model_bytes, (peak_growth, model_bytes)
