@@ -1,0 +1,190 @@
+"""`python -m layert2v_core generate`: layered videos from prompts, one output folder per sample.
+
+Many prompts: `--prompts file.jsonl`, one JSON object per line with `prompt` and optional `background`,
+`foregrounds` (list), `negative`, `seed`, `name`, `keep` ({layer: video path}). Started with `accelerate launch`
+on several GPUs or machines, each process takes every k-th row.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from .layers import MAX_FOREGROUNDS, ROUTING_POLICIES
+from .sampling import SOLVERS
+
+DTYPES = {"auto": None, "fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def default_model_folder() -> Path | None:
+    """The embedded demo model shipped in the repository, if present."""
+    folder = Path(__file__).resolve().parent.parent / "models" / "layert2v-tiny"
+    return folder if folder.is_dir() else None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m layert2v_core", description="LayerT2V: layered video generation")
+    commands = parser.add_subparsers(dest="command", required=True)
+    g = commands.add_parser("generate", help="generate full video, background, foregrounds and alphas",
+                            formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    m = g.add_argument_group("model (a folder, or each part; default: the embedded demo model)")
+    m.add_argument("--model", help="folder holding the DiT, VAE, alpha VAE, text encoder (and adapter)")
+    for part in ("dit", "adapter", "vae", "mask-vae", "text-encoder"):
+        m.add_argument(f"--{part}", help=f"path of the {part.replace('-', ' ')} (overrides the folder's)")
+    p = g.add_argument_group("prompts")
+    p.add_argument("--prompt", help="the full-video prompt")
+    p.add_argument("--background", default="", help="background prompt (empty: a generic default)")
+    p.add_argument("--foreground", action="append", default=[], help="a foreground prompt; repeat for several")
+    p.add_argument("--foregrounds", type=int, help=f"number of foregrounds 1..{MAX_FOREGROUNDS} (default: as many "
+                                                   f"as --foreground, else 1)")
+    p.add_argument("--negative", default="", help="negative prompt (empty: Wan's default)")
+    p.add_argument("--prompts", help="jsonl file with one sample per line (see module help)")
+    s = g.add_argument_group("sampling")
+    s.add_argument("--frames", type=int, default=41, help="frames, 4k+1")
+    s.add_argument("--height", type=int, default=384, help="multiple of 16")
+    s.add_argument("--width", type=int, default=672, help="multiple of 16")
+    s.add_argument("--steps", type=int, default=50)
+    s.add_argument("--cfg", type=float, default=5.0, help="classifier-free guidance scale")
+    s.add_argument("--shift", type=float, default=5.0, help="sigma shift of the flow schedule")
+    s.add_argument("--solver", choices=SOLVERS, default="unipc")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--policy", choices=ROUTING_POLICIES, help="routing policy (default: the checkpoint's)")
+    s.add_argument("--keep", action="append", default=[], metavar="LAYER=VIDEO",
+                   help="keep a given layer, e.g. bg=clip.mp4, full=shot.mp4, fg1=subject_rgba.webm (RGBA files "
+                        "also give mask1), mask1=matte.mp4")
+    s.add_argument("--strength", type=float, default=0.0, help="0 keeps given layers exactly; up to 1 lets them move")
+    o = g.add_argument_group("output and device")
+    o.add_argument("--out", default="outputs", help="output folder (one sub-folder per sample)")
+    o.add_argument("--fps", type=float, default=16.0)
+    o.add_argument("--rgba", default="webm,mov", help="RGBA formats among webm, mov, png (comma-separated)")
+    o.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    o.add_argument("--dtype", choices=list(DTYPES), default="auto", help="DiT / text encoder weight dtype")
+    o.add_argument("--no-offload", action="store_true", help="keep every part on the device (more memory, faster)")
+    o.add_argument("--quiet", action="store_true", help="no progress bar")
+    return parser
+
+
+def slug(text: str, limit: int = 40) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:limit] or "sample"
+
+
+def read_jobs(args) -> list[dict]:
+    """Sample requests from --prompts or the single-prompt flags, validated before any model loads."""
+    if args.prompts:
+        jobs = []
+        for number, line in enumerate(Path(args.prompts).read_text().splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise SystemExit(f"{args.prompts}:{number}: not valid JSON ({err.msg})")
+            if not isinstance(row, dict) or not isinstance(row.get("prompt"), str):
+                raise SystemExit(f"{args.prompts}:{number}: each line needs a \"prompt\" string")
+            jobs.append(row)
+        if not jobs:
+            raise SystemExit(f"{args.prompts} holds no samples")
+    else:
+        if not args.prompt:
+            raise SystemExit("give --prompt (and --background / --foreground), or --prompts file.jsonl")
+        jobs = [{"prompt": args.prompt, "background": args.background, "foregrounds": args.foreground,
+                 "negative": args.negative, "keep": dict(k.split("=", 1) for k in args.keep if "=" in k)}]
+        bad = [k for k in args.keep if "=" not in k]
+        if bad:
+            raise SystemExit(f"--keep takes LAYER=VIDEO, e.g. bg=clip.mp4; got {bad}")
+    for number, job in enumerate(jobs):
+        count = args.foregrounds or len(job.get("foregrounds") or []) or 1
+        fgs = list(job.get("foregrounds") or [])
+        if not 1 <= count <= MAX_FOREGROUNDS:
+            raise SystemExit(f"--foregrounds must be 1..{MAX_FOREGROUNDS}, got {count}")
+        if len(fgs) > count:
+            raise SystemExit(f"{len(fgs)} foreground prompts given but --foregrounds is {count}")
+        job["foregrounds"] = fgs + [""] * (count - len(fgs))
+        job.setdefault("seed", args.seed + number)
+        job.setdefault("name", f"{number:04d}-{slug(job['prompt'])}")
+    return jobs
+
+
+def load_kept_layers(keep: dict[str, str], frames: int) -> dict[str, torch.Tensor]:
+    """Read `--keep` videos into [C, T, H, W] tensors in [0, 1]; an RGBA foreground file also gives its mask."""
+    from .video_io import read_video
+
+    layers = {}
+    for name, path in keep.items():
+        video, _ = read_video(path)
+        if video.shape[0] < frames:
+            raise SystemExit(f"--keep {name}={path}: the clip has {video.shape[0]} frames, {frames} are needed")
+        clip = torch.from_numpy(video[:frames]).permute(3, 0, 1, 2).float()
+        if name.startswith("mask"):
+            layers[name] = clip[3:4] if clip.shape[0] == 4 else clip[:3].mean(0, keepdim=True)
+            continue
+        layers[name] = clip[:3]
+        if name.startswith("fg") and clip.shape[0] == 4:
+            layers.setdefault(f"mask{name[2:]}", clip[3:4])
+    return layers
+
+
+def generate(args) -> int:
+    from .export import save_layers
+    from .model_folder import find_components, load_pipeline
+    from .weights import file_hash
+
+    jobs = read_jobs(args)
+    rgba = [f for f in args.rgba.split(",") if f]
+    folder = args.model or (None if any([args.dit, args.vae, args.mask_vae, args.text_encoder])
+                            else default_model_folder())
+    paths = find_components(folder, dit=args.dit, adapter=args.adapter, vae=args.vae, mask_vae=args.mask_vae,
+                            text_encoder=args.text_encoder)
+    rank, world = 0, 1
+    try:  # under `accelerate launch`, split the jobs across processes
+        from accelerate import PartialState
+        state = PartialState(cpu=args.device == "cpu")
+        rank, world = state.process_index, state.num_processes
+        device = state.device if world > 1 else torch.device(args.device)
+    except ImportError:
+        device = torch.device(args.device)
+    jobs = jobs[rank::world]
+    started = time.perf_counter()
+    pipe = load_pipeline(paths, device=device, dtype=DTYPES[args.dtype], offload=not args.no_offload)
+    hashes = {part: file_hash(p) for part, p in vars(paths).items() if p is not None}
+    for job in jobs:
+        keep = load_kept_layers(job.get("keep") or {}, args.frames)
+        bar = None if args.quiet else _progress(job["name"])
+        result = pipe(job["prompt"], job.get("background", ""), job["foregrounds"], job.get("negative", ""),
+                      frames=args.frames, height=args.height, width=args.width, steps=args.steps, guidance=args.cfg,
+                      shift=args.shift, solver=args.solver, seed=int(job["seed"]), policy=args.policy, keep=keep,
+                      strength=args.strength, callback=bar)
+        out = Path(args.out) / job["name"]
+        save_layers(result, out, fps=args.fps, rgba_formats=rgba,
+                    manifest={"models": paths.as_dict(), "model_hashes": hashes, "device": str(device)})
+        print(f"{out}: {result.spec.num_foregrounds} foreground(s), layer consistency error "
+              f"{result.consistency_error():.4f}", flush=True)
+    print(f"done: {len(jobs)} sample(s) in {time.perf_counter() - started:.1f} s", flush=True)
+    return 0
+
+
+def _progress(name: str):
+    """A per-step progress line on stderr (the sampler's callback)."""
+    def callback(step: int, total: int, x, denoised) -> None:
+        width = 30
+        done = int(width * step / total)
+        sys.stderr.write(f"\r{name[:30]:30s} [{'#' * done}{'.' * (width - done)}] {step}/{total}")
+        if step == total:
+            sys.stderr.write("\n")
+        sys.stderr.flush()
+    return callback
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "generate":
+        try:
+            return generate(args)
+        except (ValueError, FileNotFoundError) as err:
+            raise SystemExit(f"error: {err}")
+    return 2

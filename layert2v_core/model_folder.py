@@ -1,0 +1,84 @@
+"""Finding and loading the five parts of a LayerT2V model from one folder or from explicit paths.
+
+A model folder holds, under any of the names users already have (first match wins):
+  DiT           dit.safetensors | wan2.1_t2v_1.3B_fp16.safetensors | diffusion_pytorch_model.safetensors | transformer/
+  adapter       adapter.safetensors | layert2v_adapter.safetensors | adapter/ (official PEFT folder)   (optional)
+  RGB VAE       vae.safetensors | wan_2.1_vae.safetensors | Wan2.1_VAE.pth | vae/
+  alpha VAE     mask_vae.safetensors | mask_vae_lora.pt
+  text encoder  text_encoder.safetensors | umt5_xxl_fp16.safetensors | umt5_xxl_fp8_e4m3fn_scaled.safetensors |
+                models_t5_umt5-xxl-enc-bf16.pth | text_encoder/
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+import torch
+
+CANDIDATES = {
+    "dit": ("dit.safetensors", "wan2.1_t2v_1.3B_fp16.safetensors", "wan2.1_t2v_1.3B_bf16.safetensors",
+            "diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.safetensors.index.json", "transformer"),
+    "adapter": ("adapter.safetensors", "layert2v_adapter.safetensors", "adapter"),
+    "vae": ("vae.safetensors", "wan_2.1_vae.safetensors", "Wan2.1_VAE.pth", "vae"),
+    "mask_vae": ("mask_vae.safetensors", "mask_vae_lora.pt"),
+    "text_encoder": ("text_encoder.safetensors", "umt5_xxl_fp16.safetensors", "umt5_xxl_fp8_e4m3fn_scaled.safetensors",
+                     "models_t5_umt5-xxl-enc-bf16.pth", "text_encoder"),
+}
+OPTIONAL = ("adapter",)
+
+
+@dataclass
+class ModelPaths:
+    dit: Path | None = None
+    vae: Path | None = None
+    mask_vae: Path | None = None
+    text_encoder: Path | None = None
+    adapter: Path | None = None
+
+    def as_dict(self) -> dict[str, str | None]:
+        return {f.name: (str(getattr(self, f.name)) if getattr(self, f.name) else None) for f in fields(self)}
+
+
+def find_components(folder: str | os.PathLike | None = None, **explicit: str | os.PathLike | None) -> ModelPaths:
+    """Resolve each part from explicit paths first, then from `folder`; one message lists what is missing."""
+    base = Path(folder) if folder is not None else None
+    if base is not None and not base.is_dir():
+        raise FileNotFoundError(f"model folder not found: {base}")
+    paths = ModelPaths()
+    for part, names in CANDIDATES.items():
+        given = explicit.get(part)
+        if given is not None:
+            if not Path(given).exists():
+                raise FileNotFoundError(f"{part.replace('_', ' ')} not found: {given}")
+            setattr(paths, part, Path(given))
+            continue
+        if base is not None:
+            hit = next((base / n for n in names if (base / n).exists()), None)
+            if hit is not None and hit.name.endswith(".index.json"):
+                hit = hit.parent
+            setattr(paths, part, hit)
+    missing = [p for p in CANDIDATES if p not in OPTIONAL and getattr(paths, p) is None]
+    if missing:
+        where = f"in {base}" if base is not None else "(no model folder given)"
+        hints = "; ".join(f"{m}: one of {list(CANDIDATES[m])}" for m in missing)
+        raise FileNotFoundError(f"missing model part(s) {missing} {where}. Expected {hints}, or pass the paths "
+                                f"explicitly")
+    return paths
+
+
+def load_pipeline(paths: ModelPaths, device: str | torch.device = "cpu", dtype: torch.dtype | None = None,
+                  offload: bool = True, vae_tile=None):
+    """Load every part onto the offload device (CPU) and return a LayerT2VPipeline computing on `device`."""
+    from .checkpoints import load_dit
+    from .mask_vae import load_mask_vae
+    from .pipeline import LayerT2VPipeline
+    from .text import load_text_encoder
+    from .vae import load_vae
+
+    home = "cpu" if offload else device
+    dit = load_dit(paths.dit, dtype=dtype, device=home, adapter=paths.adapter)
+    vae = load_vae(paths.vae, device=home)
+    mask_vae = load_mask_vae(vae, paths.mask_vae)  # shares the frozen VAE weights, adds only its adapter
+    text_encoder = load_text_encoder(paths.text_encoder, dtype=dtype, device=home)
+    return LayerT2VPipeline(dit, vae, mask_vae, text_encoder, device, offload=offload, vae_tile=vae_tile)
