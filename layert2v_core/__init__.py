@@ -12,6 +12,13 @@ _LAZY = {
     "DiTConfig": "dit",
     "load_vae": "vae",
     "WanVAE": "vae",
+    "VAEConfig": "vae",
+    "Tiling": "vae_tiling",
+    "MaskVAE": "mask_vae",
+    "load_mask_vae": "mask_vae",
+    "save_mask_vae": "mask_vae",
+    "encode_layers": "layered_latent",
+    "decode_layers": "layered_latent",
     "load_text_encoder": "text",
 }
 
