@@ -1,0 +1,73 @@
+"""Training losses on cases whose answer is known."""
+import pytest
+import torch
+
+from layert2v_core.composite import recompose
+from train.losses import (consistency_loss, downsample_mask, edge_loss, flow_matching_loss, gradient_loss,
+                          mask_reconstruction_loss, ms_ssim_loss, noisy_latent, predicted_x0, sample_sigmas)
+
+
+def test_flow_matching_is_zero_for_the_true_velocity_and_x0_is_recovered():
+    x0, noise = torch.randn(2, 4, 3, 2, 2), torch.randn(2, 4, 3, 2, 2)
+    sigma = torch.tensor([0.3, 0.9])
+    z = noisy_latent(x0, noise, sigma)
+    assert flow_matching_loss(noise - x0, x0, noise) == 0
+    assert torch.allclose(predicted_x0(z, noise - x0, sigma), x0, atol=1e-6)
+    assert flow_matching_loss(torch.zeros_like(x0), x0, noise) == pytest.approx(((noise - x0) ** 2).mean().item())
+
+
+def test_sigmas_are_logit_normal():
+    g = torch.Generator().manual_seed(0)
+    s = sample_sigmas(20000, g, mean=0.5, std=1.0)
+    assert 0 < s.min() and s.max() < 1
+    logits = torch.log(s / (1 - s))
+    assert logits.mean() == pytest.approx(0.5, abs=0.03) and logits.std() == pytest.approx(1.0, abs=0.03)
+
+
+def test_consistency_is_zero_for_exactly_composed_latents():
+    g = torch.Generator().manual_seed(1)
+    bg = torch.randn(2, 16, 3, 4, 4, generator=g)
+    fgs = [torch.randn(2, 16, 3, 4, 4, generator=g) for _ in range(2)]
+    alphas = [torch.rand(2, 1, 3, 4, 4, generator=g) for _ in range(2)]
+    full = fgs[1] + (fgs[0] + bg * (1 - alphas[0])) * (1 - alphas[1])
+    assert consistency_loss(fgs, bg, full, alphas).item() == pytest.approx(0, abs=1e-10)
+    assert torch.allclose(recompose(bg, fgs, alphas), full)
+    assert consistency_loss(fgs, bg, full + 0.5, alphas).item() == pytest.approx(0.25, rel=1e-5)
+
+
+def test_downsample_mask_packs_time_like_the_vae():
+    alpha = torch.zeros(1, 1, 9, 16, 16)
+    alpha[:, :, 0] = 1.0          # first frame alone -> latent frame 0
+    alpha[:, :, 1:3] = 1.0        # half of the first group of 4 -> latent frame 1 = 0.5
+    alpha[:, :, 5:9, :8] = 1.0    # top half of the second group -> latent frame 2 top rows 1, bottom 0
+    small = downsample_mask(alpha, 3, 2, 2)
+    assert small.shape == (1, 1, 3, 2, 2)
+    assert torch.allclose(small[0, 0, 0], torch.ones(2, 2))
+    assert torch.allclose(small[0, 0, 1], torch.full((2, 2), 0.5))
+    assert torch.allclose(small[0, 0, 2], torch.tensor([[1.0, 1.0], [0.0, 0.0]]))
+    with pytest.raises(ValueError, match="packs into 3 latent frames"):
+        downsample_mask(alpha, 4, 2, 2)
+
+
+def test_edge_and_gradient_losses_see_edges_not_flat_offsets():
+    square = torch.zeros(1, 1, 2, 16, 16)
+    square[..., 4:12, 4:12] = 1
+    assert edge_loss(square, square) < 1e-3 and gradient_loss(square, square) == 0
+    assert gradient_loss(square + 0.3, square) < 1e-6  # a flat offset has no edges
+    blurred = torch.nn.functional.avg_pool3d(square, (1, 3, 3), stride=1, padding=(0, 1, 1))
+    assert edge_loss(blurred, square) > 0.05 and gradient_loss(blurred, square) > 0.01
+
+
+def test_ms_ssim_is_zero_for_identical_and_grows_with_noise():
+    g = torch.Generator().manual_seed(2)
+    video = torch.rand(1, 1, 2, 32, 32, generator=g)
+    assert ms_ssim_loss(video, video) == pytest.approx(0, abs=1e-5)
+    a = ms_ssim_loss((video + 0.05 * torch.randn(video.shape, generator=g)).clamp(0, 1), video)
+    b = ms_ssim_loss((video + 0.3 * torch.randn(video.shape, generator=g)).clamp(0, 1), video)
+    assert 0 < a < b
+
+
+def test_mask_reconstruction_loss():
+    target = (torch.rand(1, 1, 2, 8, 8) > 0.5).float()
+    assert mask_reconstruction_loss(target, target) == 0
+    assert mask_reconstruction_loss(1 - target, target) > mask_reconstruction_loss(target * 0.9, target)
