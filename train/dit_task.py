@@ -1,0 +1,144 @@
+"""Stages 2 and 3: the DiT learns layered generation (LoRA + LayerAdaLN; VAEs and text encoder frozen).
+
+Loss (paper eq. 12): L_FM + λ_cons·L_cons + λ_mask·L_mask on the serialized latent [full | bg | fg_i | mask_i ...].
+Stage 3 starts from a stage-2 adapter, grows the LayerAdaLN table for more foregrounds (new rows copied from the
+single-foreground ones) and continues on multi-subject samples.
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import torch
+
+from layert2v_core.checkpoints import load_adapter, load_dit, save_dit, save_dit_adapter
+from layert2v_core.layers import LayerSpec
+from layert2v_core.mask_vae import load_mask_vae
+from layert2v_core.model_folder import find_components
+from layert2v_core.text import batch_layered_contexts, encode_layer_prompts, load_text_encoder
+from layert2v_core.vae import load_vae
+
+from .config import TrainConfig
+from .data import LayeredVideoDataset, collate_layered
+from .losses import (consistency_loss, downsample_mask, flow_matching_loss, mask_reconstruction_loss, noisy_latent,
+                     predicted_x0, sample_sigmas)
+
+LAYER_ADALN = "layer_adaln.layer_modulation"
+
+
+def add_lora(dit: torch.nn.Module, rank: int, alpha: float, targets: list[str]) -> torch.nn.Module:
+    """Wrap the DiT with peft LoRA on `targets` and make LayerAdaLN trainable too."""
+    from peft import LoraConfig, get_peft_model
+
+    config = LoraConfig(r=rank, lora_alpha=alpha, target_modules=list(targets), lora_dropout=0.0)
+    model = get_peft_model(dit, config)
+    dit.layer_adaln.layer_modulation.requires_grad_(True)
+    return model
+
+
+def module_name(peft_name: str) -> str:
+    """'base_model.model.blocks.0.self_attn.q.lora_A.default.weight' -> 'blocks.0.self_attn.q.lora_A.weight'."""
+    return peft_name.removeprefix("base_model.model.").replace(".default.", ".")
+
+
+def lora_pairs(values: dict[str, torch.Tensor]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    downs = {m.group(1): v for k, v in values.items() if (m := re.fullmatch(r"(.+)\.lora_A\.weight", k))}
+    return {name: (down, values[f"{name}.lora_B.weight"]) for name, down in downs.items()}
+
+
+class DiTTask:
+    name = "stage 2: layered generation"
+
+    def __init__(self, cfg: TrainConfig, device: torch.device | str = "cpu"):
+        self.cfg = cfg
+        parts = find_components(cfg.model or None, dit=cfg.dit or None, vae=cfg.vae or None,
+                                mask_vae=cfg.mask_vae or None, text_encoder=cfg.text_encoder or None)
+        dtype = torch.bfloat16 if cfg.mixed_precision == "bf16" else torch.float32
+        self.dit = load_dit(parts.dit, dtype=dtype, device=device)
+        self.dit.config.routing_policy = cfg.routing_policy
+        self.dit.extend_layer_categories(cfg.max_foregrounds)
+        self.dit.gradient_checkpointing = cfg.gradient_checkpointing
+        self.vae = load_vae(parts.vae, device=device)
+        self.mask_vae = load_mask_vae(self.vae, parts.mask_vae).requires_grad_(False)
+        self.text = load_text_encoder(parts.text_encoder, device=device)
+        self.module = add_lora(self.dit, cfg.lora_rank, cfg.lora_alpha, cfg.lora_targets)
+        if cfg.adapter:
+            self._start_from(cfg.adapter)
+        self.dataset = LayeredVideoDataset(cfg.data, cfg.frames, cfg.height, cfg.width, cfg.frame_sampling,
+                                           cfg.seed, cfg.max_foregrounds)
+        self.collate = collate_layered
+        self.base_path = parts.dit
+
+    def _start_from(self, path: str) -> None:
+        """Continue from an adapter of ours (stage 3 from stage 2): its LoRA and LayerAdaLN rows."""
+        adapter = load_adapter(path)
+        params = {module_name(k): p for k, p in self.module.named_parameters()}
+        for name, (down, up, _) in adapter.lora.items():
+            for suffix, value in (("lora_A.weight", down), ("lora_B.weight", up)):
+                key = f"{name}.{suffix}"
+                if key not in params or params[key].shape != value.shape:
+                    raise SystemExit(f"{path}: {key} does not match this run's LoRA (rank {self.cfg.lora_rank}, "
+                                     f"targets {self.cfg.lora_targets}); use the same lora_rank/targets as stage 2")
+                with torch.no_grad():
+                    params[key].copy_(value)
+        if LAYER_ADALN in adapter.tensors:
+            rows = adapter.tensors[LAYER_ADALN]
+            table = self.dit.layer_adaln.layer_modulation
+            with torch.no_grad():
+                table[: rows.shape[0]] = rows.to(table.dtype)
+                for row, source in enumerate(LayerSpec(self.cfg.max_foregrounds).category_source_rows()):
+                    if row >= rows.shape[0]:
+                        table[row] = rows[source].to(table.dtype)
+
+    def trainable(self) -> dict[str, torch.nn.Parameter]:
+        return {module_name(k): p for k, p in self.module.named_parameters() if p.requires_grad}
+
+    @torch.no_grad()
+    def encode(self, batch: dict, spec: LayerSpec) -> tuple[torch.Tensor, object]:
+        """Serialized latent x0 [B, 16, S*T', h, w] and the layered text of a data batch."""
+        device = self.dit.device
+        layers = {"full": self.vae.encode(batch["full"].to(device)),
+                  "bg": self.vae.encode(batch["background"].to(device))}
+        for i in range(spec.num_foregrounds):
+            layers[f"fg{i + 1}"] = self.vae.encode(batch["foregrounds"][:, i].to(device))
+            layers[f"mask{i + 1}"] = self.mask_vae.encode(batch["alphas"][:, i].to(device))
+        captions = batch["captions"]
+        text = batch_layered_contexts([
+            encode_layer_prompts(self.text, spec, full, bg, fgs)
+            for full, bg, fgs in zip(captions["full"], captions["background"], captions["foregrounds"])])
+        return spec.join(layers), text
+
+    def loss(self, module, batch: dict, generator: torch.Generator) -> tuple[torch.Tensor, dict]:
+        cfg, device = self.cfg, self.dit.device
+        spec = LayerSpec(batch["alphas"].shape[1], cfg.routing_policy)
+        x0, text = self.encode(batch, spec)
+        sigma = sample_sigmas(x0.shape[0], generator, cfg.t_mean, cfg.t_std, cfg.t_shift).to(device)
+        noise = torch.randn(x0.shape, generator=generator).to(device)
+        z_t = noisy_latent(x0, noise, sigma)
+        velocity = module(z_t, sigma * 1000, text.context.to(device), layer_spec=spec,
+                          prompt_lens=text.prompt_lens).float()
+        l_fm = flow_matching_loss(velocity, x0, noise)
+        predicted, target = spec.split(predicted_x0(z_t, velocity, sigma)), spec.split(x0)
+        _, _, frames, height, width = target["full"].shape
+        alphas = batch["alphas"].to(device)
+        small = [downsample_mask(alphas[:, i], frames, height, width) for i in range(spec.num_foregrounds)]
+        fgs = [predicted[f"fg{i + 1}"] for i in range(spec.num_foregrounds)]
+        l_cons = consistency_loss(fgs, predicted["bg"], target["full"], small)
+        l_mask = sum(mask_reconstruction_loss(self.mask_vae.decode(predicted[f"mask{i + 1}"], clamp=False),
+                                              alphas[:, i], cfg.lambda_grad)
+                     for i in range(spec.num_foregrounds)) / spec.num_foregrounds
+        loss = l_fm + cfg.lambda_cons * l_cons + cfg.lambda_mask * l_mask
+        return loss, {"fm": l_fm.item(), "cons": l_cons.item(), "mask": l_mask.item()}
+
+    def export(self, folder: Path, values: dict[str, torch.Tensor]) -> list[Path]:
+        folder.mkdir(parents=True, exist_ok=True)
+        adapter = folder / "adapter.safetensors"
+        save_dit_adapter(self.dit, lora_pairs(values), adapter, self.cfg.lora_alpha,
+                         layer_modulation=values[LAYER_ADALN],
+                         extra={"stage": self.name, "max_foregrounds": self.cfg.max_foregrounds})
+        written = [adapter]
+        if self.cfg.export_merged:
+            merged = load_dit(self.base_path, dtype=torch.float32, adapter=adapter)
+            save_dit(merged, folder / "dit_merged.safetensors")
+            written.append(folder / "dit_merged.safetensors")
+        return written
