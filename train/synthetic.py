@@ -252,6 +252,8 @@ SHAPE_DISTANCE: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] 
     "star": lambda px, py: _polygon_distance(px, py, _regular(5, 1.25, inner=0.55)),
     "diamond": lambda px, py: _polygon_distance(px, py, _regular(4, 1.1, phase=0.0)),
 }
+# Smaller shapes would be mostly anti-aliased edge at small frame sizes.
+MIN_RADIUS_PIXELS = 3.5
 # Every shape lies within this many radii of its centre (for keeping foregrounds apart).
 SHAPE_EXTENT = 1.25
 
@@ -352,11 +354,11 @@ def generate_sample(seed: int, frames: int = 17, height: int = 64, width: int = 
 
     # Draw paths until the shapes stay apart over the whole clip; keep the best try if none does.
     size = min(height, width)
-    radius_range = (0.10, 0.15) if count == 1 else (0.07, 0.11)
+    radius_range = (0.10, 0.15) if count == 1 else (0.08, 0.12)
     _, _, t = _grid(frames, height, width)
     best_paths, best_gap = None, -math.inf
     for _ in range(100):
-        radius = rng.uniform(*radius_range) * size
+        radius = max(rng.uniform(*radius_range) * size, MIN_RADIUS_PIXELS)
         paths = [_plan_path(layer.motion, radius * rng.uniform(0.9, 1.1), height, width, rng) for layer in layers]
         gap = _least_gap(paths, t)
         if gap > best_gap:
