@@ -213,7 +213,7 @@ def _background(style: BackgroundStyle, frames: int, height: int, width: int, rn
     else:  # noise
         cells = rng.choice((4, 5, 6))
         grid = torch.rand(cells, cells, generator=generator)
-        mix = _periodic_noise(grid, u * cells / 1.0, v * cells / 1.0)
+        mix = _periodic_noise(grid, u * cells, v * cells)
     a = torch.tensor(style.colour_a).view(3, 1, 1, 1)
     b = torch.tensor(style.colour_b).view(3, 1, 1, 1)
     return a * (1 - mix[None]) + b * mix[None]

@@ -144,10 +144,13 @@ def _move_into_place(new: Path, target: Path) -> None:
 def write_jsonl(path: str | os.PathLike, folders: Iterable[str | os.PathLike]) -> Path:
     """A jsonl index of written sample folders, with paths relative to the jsonl's folder."""
     target = Path(path)
+
+    def relative(file: Path) -> str:
+        return Path(os.path.relpath(file, target.parent)).as_posix()
+
     rows = []
     for folder in folders:
         entry = read_sample_folder(folder)
-        relative = lambda p: Path(os.path.relpath(p, target.parent)).as_posix()  # noqa: E731
         rows.append({
             "vid": relative(entry.full),
             "entry": {"pha_video_path": relative(entry.masks[0]), "bg_path": relative(entry.background),
