@@ -266,13 +266,16 @@ def save_dit(model: WanDiT, path: str | os.PathLike, dtype: torch.dtype | None =
 
 
 def save_dit_adapter(model: WanDiT, lora: Mapping[str, tuple[torch.Tensor, torch.Tensor]], path: str | os.PathLike,
-                     lora_alpha: float, extra: Mapping | None = None) -> None:
-    """Write our adapter file: LoRA pairs {module: (down [r, in], up [out, r])} + the LayerAdaLN table."""
-    tensors = {LAYER_ADALN_KEY: model.layer_adaln.layer_modulation.detach().float()}
+                     lora_alpha: float, extra: Mapping | None = None,
+                     layer_modulation: torch.Tensor | None = None) -> None:
+    """Write our adapter file: LoRA pairs {module: (down [r, in], up [out, r])} + the LayerAdaLN table
+    (the model's own, or `layer_modulation` such as an EMA copy)."""
+    table = model.layer_adaln.layer_modulation if layer_modulation is None else layer_modulation
+    tensors = {LAYER_ADALN_KEY: table.detach().float()}
     for module, (down, up) in lora.items():
         tensors[f"{module}.lora_A.weight"] = down.detach()
         tensors[f"{module}.lora_B.weight"] = up.detach()
     meta = {"format": ADAPTER_FORMAT, "version": 1, "lora_alpha": lora_alpha,
             "routing_policy": model.config.routing_policy,
-            "num_layer_categories": model.config.num_layer_categories, **(extra or {})}
+            "num_layer_categories": table.shape[0], **(extra or {})}
     save_weights_atomic(tensors, path, {METADATA_KEY: json.dumps(meta)})

@@ -142,3 +142,13 @@ class DiTTask:
             save_dit(merged, folder / "dit_merged.safetensors")
             written.append(folder / "dit_merged.safetensors")
         return written
+
+
+class MultiForegroundTask(DiTTask):
+    name = "stage 3: more foregrounds"
+
+    def __init__(self, cfg: TrainConfig, device: torch.device | str = "cpu"):
+        if not cfg.adapter:
+            raise SystemExit("stage 3 continues from a stage-2 adapter: give --adapter runs/stage2/final/"
+                             "adapter.safetensors")
+        super().__init__(cfg, device)

@@ -1,0 +1,172 @@
+"""The three training stages on CPU with the tiny config on synthetic data; resume; the stage-2 adapter."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from layert2v_core import LayerSpec, load_dit
+from train.config import parse_config
+from train.dit_task import DiTTask, MultiForegroundTask
+from train.loop import train
+from train.mask_vae_task import MaskVAETask
+from train.synthetic import write_dataset
+from train.tiny_models import write_model_folder
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = os.path.join(ROOT, "train", "configs", "tiny_cpu.yaml")
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    root = tmp_path_factory.mktemp("training")
+    write_dataset(root / "single", samples=8, seed=1, frames=5, height=32, width=32, max_foregrounds=1,
+                  split="train", lossless=True, jsonl=False, fps=16)
+    write_dataset(root / "multi", samples=6, seed=2, frames=5, height=32, width=32, max_foregrounds=2,
+                  split="train", lossless=True, jsonl=False, fps=16)
+    write_model_folder(root / "model", seed=0, num_foregrounds=1)
+    return root
+
+
+def config(world, out, *extra):
+    return parse_config("test", ["--config", TINY, "--model", str(world / "model"), "--output-dir", str(out),
+                                 *extra])
+
+
+def fixed_loss(task, batch) -> float:
+    """The task's loss on one batch with one noise draw: comparable before and after training."""
+    task.module.eval()
+    with torch.no_grad():
+        return task.loss(task.module, batch, torch.Generator().manual_seed(123))[0].item()
+
+
+def first_batch(task):
+    return task.collate([task.dataset[i] for i in range(2)])
+
+
+def test_stage1_lowers_the_matte_loss(world, tmp_path):
+    cfg = config(world, tmp_path / "s1", "--data", str(world / "single"), "--max-steps", "20", "--lr", "1e-2")
+    task = MaskVAETask(cfg)
+    batch = first_batch(task)
+    before = fixed_loss(task, batch)
+    final = train(task, cfg)
+    after = fixed_loss(task, batch)
+    assert after < 0.8 * before, (before, after)  # stated margin: at least 20% lower
+    assert (final / "mask_vae.safetensors").exists()
+
+
+@pytest.fixture(scope="module")
+def stage2(world, tmp_path_factory):
+    out = tmp_path_factory.mktemp("s2")
+    cfg = config(world, out, "--data", str(world / "single"), "--max-steps", "30", "--lr", "5e-3", "--save-every", "15")
+    task = DiTTask(cfg)
+    batch = first_batch(task)
+    before = fixed_loss(task, batch)
+    final = train(task, cfg)
+    return dict(cfg=cfg, task=task, before=before, after=fixed_loss(task, batch), final=final, out=out)
+
+
+def test_stage2_lowers_the_layered_loss(stage2):
+    assert stage2["after"] < 0.9 * stage2["before"], (stage2["before"], stage2["after"])  # at least 10% lower
+    log = [json.loads(line) for line in (stage2["out"] / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == list(range(1, 31))
+    assert all({"fm", "cons", "mask", "lr", "samples_per_s"} <= set(r) for r in log)
+
+
+def test_stage2_adapter_changes_the_model_and_round_trips(stage2, world):
+    adapter = stage2["final"] / "adapter.safetensors"
+    trained = {k: v.detach() for k, v in stage2["task"].trainable().items()}
+    saved = load_file(str(adapter))
+    for name, value in trained.items():
+        assert torch.equal(saved[name], value.float()), name
+    base = load_dit(world / "model" / "dit.safetensors")
+    tuned = load_dit(world / "model" / "dit.safetensors", adapter=adapter)
+    spec = LayerSpec(1)
+    x = torch.randn(1, 16, 4, 4, 4)
+    ctx = torch.randn(1, 24, 32)
+    lens = torch.tensor([[8, 8, 8]])
+    t = torch.tensor([500.0])
+    with torch.no_grad():
+        a = base(x, t, ctx, layer_spec=spec, prompt_lens=lens)
+        b = tuned(x, t, ctx, layer_spec=spec, prompt_lens=lens)
+        # The merged adapter equals the trained peft model's own forward.
+        c = stage2["task"].module(x, t, ctx, layer_spec=spec, prompt_lens=lens)
+    assert not torch.allclose(a, b)
+    assert (b - c).abs().max() <= 1e-5 * c.abs().max()
+
+
+def test_resume_gives_the_same_losses(world, tmp_path):
+    """6 steps straight, against 3 steps + a fresh task resumed from the step-3 checkpoint + 3 steps."""
+    import shutil
+    straight = tmp_path / "straight"
+    args = ["--data", str(world / "single"), "--max-steps", "6", "--save-every", "3"]
+    train(DiTTask(c := config(world, straight, *args)), c)
+    # The interrupted run: everything the straight run had written by the end of step 3.
+    split = tmp_path / "split"
+    split.mkdir()
+    shutil.copytree(straight / "checkpoint-0000003", split / "checkpoint-0000003")
+    lines = (straight / "log.jsonl").read_text().splitlines()
+    (split / "log.jsonl").write_text("\n".join(lines[:3]) + "\n")
+    c = config(world, split, *args, "--resume", "latest")
+    train(DiTTask(c), c)
+
+    def losses(folder):
+        return [json.loads(line)["loss"] for line in (folder / "log.jsonl").read_text().splitlines()]
+    assert len(losses(straight)) == len(losses(split)) == 6
+    assert losses(split) == pytest.approx(losses(straight), rel=1e-6, abs=1e-7)
+    resumed = load_file(str(split / "final" / "adapter.safetensors"))
+    for name, value in load_file(str(straight / "final" / "adapter.safetensors")).items():
+        assert torch.allclose(resumed[name], value, atol=1e-6), name
+
+
+def test_stage3_extends_layers_from_the_stage2_adapter(stage2, world, tmp_path):
+    adapter = stage2["final"] / "adapter.safetensors"
+    cfg = config(world, tmp_path / "s3", "--data", str(world / "multi"), "--adapter", str(adapter),
+                 "--max-foregrounds", "2", "--max-steps", "12", "--lr", "5e-3")
+    task = MultiForegroundTask(cfg)
+    table = task.dit.layer_adaln.layer_modulation.detach()
+    rows = load_file(str(adapter))["layer_adaln.layer_modulation"]
+    assert table.shape[0] == 6
+    for row, source in enumerate((0, 1, 2, 3, 2, 3)):
+        assert torch.equal(table[row], rows[source])
+    two = next(i for i, n in enumerate(task.dataset.foreground_counts()) if n == 2)
+    batch = task.collate([task.dataset[two]])
+    before = fixed_loss(task, batch)
+    final = train(task, cfg)
+    assert fixed_loss(task, batch) < before
+    tuned = load_dit(world / "model" / "dit.safetensors", adapter=final / "adapter.safetensors")
+    assert tuned.layer_spec(2).num_segments == 6
+
+
+def test_stage3_needs_an_adapter(world, tmp_path):
+    with pytest.raises(SystemExit, match="stage-2 adapter"):
+        MultiForegroundTask(config(world, tmp_path, "--data", str(world / "multi"), "--max-foregrounds", "2"))
+
+
+def test_check_data_and_bad_config(world, capsys):
+    from train.entry import run_stage
+    status = run_stage("test", DiTTask, argv=["--config", TINY, "--data", str(world / "multi"), "--check-data",
+                                              "true", "--max-foregrounds", "2"])
+    assert status == 0 and "6" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="frames must be 4k\\+1"):
+        parse_config("test", ["--config", TINY, "--data", "x", "--frames", "6"])
+    with pytest.raises(SystemExit, match="unknown option"):
+        bad = world / "bad.yaml"
+        bad.write_text("learning_rate: 1\n")
+        parse_config("test", ["--config", str(bad)])
+
+
+def test_two_processes_split_the_batch(world, tmp_path):
+    """`accelerate launch` with two CPU processes: each takes batch_size samples, 2 x batch per step."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+           os.path.join(ROOT, "train", "stage2.py"), "--config", TINY, "--model", str(world / "model"),
+           "--data", str(world / "single"), "--output-dir", str(tmp_path / "ddp"), "--max-steps", "2"]
+    run = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "2 process(es) x batch 2 x accumulation 1 = 4 per step" in run.stdout
+    assert (tmp_path / "ddp" / "final" / "adapter.safetensors").exists()
