@@ -74,7 +74,7 @@ class RMSNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # Same as F.normalize(x, dim=1) * scale * gamma, with two full-size passes instead of three.
-        inv_norm = torch.linalg.vector_norm(x, dim=1, keepdim=True).clamp_min_(1e-12).reciprocal_()
+        inv_norm = torch.linalg.vector_norm(x, dim=1, keepdim=True).clamp_min(1e-12).reciprocal()
         return (x * inv_norm) * (self.gamma * self.scale)
 
 
