@@ -114,7 +114,7 @@ def test_short_optimisation_lowers_the_loss():
     alpha = _mattes()
     optimiser = torch.optim.AdamW(mask_vae.trainable_parameters(), lr=3e-3, weight_decay=0.01)
     losses = []
-    for _ in range(12):
+    for _ in range(6):
         loss = torch.nn.functional.smooth_l1_loss(mask_vae(alpha), alpha)
         optimiser.zero_grad()
         loss.backward()

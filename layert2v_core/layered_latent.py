@@ -1,0 +1,80 @@
+"""Layered samples <-> the serialized latent of a LayerSpec.
+
+Inputs to `encode_layers` are named by the spec's segments: 'full' and 'bg' RGB videos [B, 3, T, H, W] in [-1, 1];
+for each foreground i, 'mask{i}' its alpha [B, 1, T, H, W] in [0, 1] and optionally 'fg{i}' its *straight* (not
+premultiplied) colour in [-1, 1]; without 'fg{i}' the colour is the full video's, as in the paper (fg = full * alpha).
+The foreground is premultiplied here, in [0, 1] light (transparent pixels become black, -1), then encoded.
+
+`decode_layers` returns the same names: full, bg and fg{i} in [-1, 1], the fg{i} *premultiplied* as generated,
+and mask{i} alpha in [0, 1]; `unpremultiply` recovers straight colour where alpha is not ~0.
+"""
+from __future__ import annotations
+
+from typing import Mapping
+
+import torch
+
+from .layers import LayerSpec
+from .mask_vae import MaskVAE
+from .vae import WanVAE
+from .vae_tiling import Tiling
+
+
+def premultiply(rgb: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
+    """Straight colour in [-1, 1] times alpha in [0, 1], done in [0, 1] light; result in [-1, 1]."""
+    return ((rgb + 1) / 2 * alpha) * 2 - 1
+
+
+def unpremultiply(rgb: torch.Tensor, alpha: torch.Tensor, eps: float = 1e-3) -> torch.Tensor:
+    """Inverse of `premultiply` where alpha > eps; fully transparent pixels stay black (-1)."""
+    light = (rgb + 1) / 2
+    straight = torch.where(alpha > eps, light / alpha.clamp_min(eps), torch.zeros_like(light))
+    return straight.clamp(0, 1) * 2 - 1
+
+
+def _check_layers(spec: LayerSpec, layers: Mapping[str, torch.Tensor]) -> tuple[int, ...]:
+    needed = [n for n in spec.segments if spec.kind(n) != "fg"]
+    missing = [n for n in needed if n not in layers]
+    allowed = set(spec.segments)
+    unknown = [n for n in layers if n not in allowed]
+    if missing or unknown:
+        raise ValueError(f"a {spec.num_foregrounds}-foreground sample needs {needed} (and optionally "
+                         f"{[n for n in spec.segments if spec.kind(n) == 'fg']} as straight colour); "
+                         f"missing {missing}, unknown {unknown}")
+    frames_hw = tuple(layers["full"].shape[2:])
+    for name, video in layers.items():
+        channels = 1 if spec.kind(name) == "mask" else 3
+        if video.dim() != 5 or video.shape[1] != channels or tuple(video.shape[2:]) != frames_hw:
+            raise ValueError(f"layer {name!r} must be [batch, {channels}, {', '.join(map(str, frames_hw))}] like "
+                             f"'full', got {tuple(video.shape)}")
+    return frames_hw
+
+
+def encode_layers(vae: WanVAE, mask_vae: MaskVAE, spec: LayerSpec, layers: Mapping[str, torch.Tensor], *,
+                  tile: Tiling | tuple[int, int] | None = None) -> torch.Tensor:
+    """Encode each layer (RGB VAE for full / bg / fg, mask VAE for alphas) and serialize along latent time."""
+    _check_layers(spec, layers)
+    latents = {}
+    for name in spec.segments:
+        kind = spec.kind(name)
+        if kind == "mask":
+            latents[name] = mask_vae.encode(layers[name], tile=tile)
+        elif kind == "fg":
+            alpha = layers[f"mask{spec.foreground_number(name)}"]
+            colour = layers.get(name, layers["full"])
+            latents[name] = vae.encode(premultiply(colour, alpha), tile=tile)
+        else:
+            latents[name] = vae.encode(layers[name], tile=tile)
+    return spec.join(latents, dim=2)
+
+
+def decode_layers(vae: WanVAE, mask_vae: MaskVAE, spec: LayerSpec, latent: torch.Tensor, *,
+                  tile: Tiling | tuple[int, int] | None = None) -> dict[str, torch.Tensor]:
+    """Split a serialized latent [B, C, S*T', H', W'] and decode every segment; fg{i} stay premultiplied."""
+    if latent.dim() != 5:
+        raise ValueError(f"a serialized latent is [batch, channels, frames, height, width], got {tuple(latent.shape)}")
+    out = {}
+    for name, part in spec.split(latent, dim=2).items():
+        decoder = mask_vae if spec.kind(name) == "mask" else vae
+        out[name] = decoder.decode(part, tile=tile)
+    return out
