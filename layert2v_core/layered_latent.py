@@ -14,6 +14,7 @@ from typing import Mapping
 
 import torch
 
+from . import composite
 from .layers import LayerSpec
 from .mask_vae import MaskVAE
 from .vae import WanVAE
@@ -22,14 +23,12 @@ from .vae_tiling import Tiling
 
 def premultiply(rgb: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
     """Straight colour in [-1, 1] times alpha in [0, 1], done in [0, 1] light; result in [-1, 1]."""
-    return ((rgb + 1) / 2 * alpha) * 2 - 1
+    return composite.premultiply((rgb + 1) / 2, alpha) * 2 - 1
 
 
-def unpremultiply(rgb: torch.Tensor, alpha: torch.Tensor, eps: float = 1e-3) -> torch.Tensor:
-    """Inverse of `premultiply` where alpha > eps; fully transparent pixels stay black (-1)."""
-    light = (rgb + 1) / 2
-    straight = torch.where(alpha > eps, light / alpha.clamp_min(eps), torch.zeros_like(light))
-    return straight.clamp(0, 1) * 2 - 1
+def unpremultiply(rgb: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
+    """Inverse of `premultiply` where alpha is not ~0; fully transparent pixels stay black (-1)."""
+    return composite.unpremultiply((rgb + 1) / 2, alpha) * 2 - 1
 
 
 def _check_layers(spec: LayerSpec, layers: Mapping[str, torch.Tensor]) -> tuple[int, ...]:
@@ -54,18 +53,20 @@ def encode_layers(vae: WanVAE, mask_vae: MaskVAE, spec: LayerSpec, layers: Mappi
                   tile: Tiling | tuple[int, int] | None = None) -> torch.Tensor:
     """Encode each layer (RGB VAE for full / bg / fg, mask VAE for alphas) and serialize along latent time."""
     _check_layers(spec, layers)
-    latents = {}
-    for name in spec.segments:
-        kind = spec.kind(name)
-        if kind == "mask":
-            latents[name] = mask_vae.encode(layers[name], tile=tile)
-        elif kind == "fg":
-            alpha = layers[f"mask{spec.foreground_number(name)}"]
-            colour = layers.get(name, layers["full"])
-            latents[name] = vae.encode(premultiply(colour, alpha), tile=tile)
-        else:
-            latents[name] = vae.encode(layers[name], tile=tile)
-    return spec.join(latents, dim=2)
+    return spec.join({name: encode_layer(vae, mask_vae, spec, name, layers, tile=tile) for name in spec.segments},
+                     dim=2)
+
+
+def encode_layer(vae: WanVAE, mask_vae: MaskVAE, spec: LayerSpec, name: str, layers: Mapping[str, torch.Tensor], *,
+                 tile: Tiling | tuple[int, int] | None = None) -> torch.Tensor:
+    """The latent segment of one layer, from `layers` as described above (fg{i} needs mask{i}, or full)."""
+    kind = spec.kind(name)
+    if kind == "mask":
+        return mask_vae.encode(layers[name], tile=tile)
+    if kind == "fg":
+        alpha = layers[f"mask{spec.foreground_number(name)}"]
+        return vae.encode(premultiply(layers.get(name, layers.get("full")), alpha), tile=tile)
+    return vae.encode(layers[name], tile=tile)
 
 
 def decode_layers(vae: WanVAE, mask_vae: MaskVAE, spec: LayerSpec, latent: torch.Tensor, *,

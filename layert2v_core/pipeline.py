@@ -15,8 +15,9 @@ from typing import Callable, Mapping, Sequence
 
 import torch
 
-from .composite import consistency_error, premultiply, to_straight_rgba, unpremultiply
+from .composite import consistency_error, premultiply, unpremultiply
 from .conditioning import check_kept_layers, known_latent
+from .layered_latent import decode_layers, encode_layer
 from .layers import LayerSpec
 from .sampling import SOLVERS, cfg_velocity, flow_sigmas, sample, seeded_noise
 from .text import encode_layer_prompts
@@ -112,14 +113,9 @@ class LayerT2VPipeline:
 
     def encode_layer(self, spec: LayerSpec, name: str, keep: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """The latent segment [1, C, T', H', W'] of one given layer (videos in [0, 1], fg straight)."""
-        video = keep[name].unsqueeze(0).to(self.device, torch.float32)
-        kind = spec.kind(name)
-        if kind == "mask":
-            return self.mask_vae.encode(video)
-        if kind == "fg":
-            alpha = keep[f"mask{spec.foreground_number(name)}"].unsqueeze(0).to(self.device, torch.float32)
-            video = premultiply(video, alpha)
-        return self.vae.encode(video * 2 - 1, tile=self.vae_tile)
+        batch = {n: v.unsqueeze(0).to(self.device, torch.float32) for n, v in keep.items()}
+        batch = {n: (v if spec.kind(n) == "mask" else v * 2 - 1) for n, v in batch.items()}  # RGB in [-1, 1]
+        return encode_layer(self.vae, self.mask_vae, spec, name, batch, tile=self.vae_tile)
 
     @torch.no_grad()
     def __call__(self, prompt: str, background: str = "", foregrounds: Sequence[str] = ("",), negative: str = "", *,
@@ -169,13 +165,11 @@ class LayerT2VPipeline:
 
     def decode(self, spec: LayerSpec, latent: torch.Tensor) -> dict:
         """Decode a serialized latent [1, C, S*T', H', W'] into full, background, straight foregrounds, alphas."""
-        parts = spec.split(latent.to(self.device))
-        rgb = {name: ((self.vae.decode(z, tile=self.vae_tile)[0] + 1) / 2).clamp(0, 1).float().cpu()
-               for name, z in parts.items() if spec.kind(name) != "mask"}
-        alphas = [self.mask_vae.decode(parts[f"mask{i}"])[0].clamp(0, 1).float().cpu()
-                  for i in range(1, spec.num_foregrounds + 1)]
-        foregrounds = [unpremultiply(rgb[f"fg{i}"], alphas[i - 1]) for i in range(1, spec.num_foregrounds + 1)]
-        return dict(full=rgb["full"], background=rgb["bg"], foregrounds=foregrounds, alphas=alphas)
+        decoded = decode_layers(self.vae, self.mask_vae, spec, latent.to(self.device), tile=self.vae_tile)
+        layers = {name: (v[0] if spec.kind(name) == "mask" else (v[0] + 1) / 2).clamp(0, 1).float().cpu()
+                  for name, v in decoded.items()}
+        numbers = range(1, spec.num_foregrounds + 1)
+        alphas = [layers[f"mask{i}"] for i in numbers]
+        foregrounds = [unpremultiply(layers[f"fg{i}"], layers[f"mask{i}"]) for i in numbers]
+        return dict(full=layers["full"], background=layers["bg"], foregrounds=foregrounds, alphas=alphas)
 
-
-__all__ = ["LayerT2VPipeline", "LayeredVideo", "check_video_size", "to_straight_rgba"]

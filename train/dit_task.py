@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 
 from layert2v_core.checkpoints import load_adapter, load_dit, save_dit, save_dit_adapter
+from layert2v_core.layered_latent import encode_layers
 from layert2v_core.layers import LayerSpec
 from layert2v_core.mask_vae import load_mask_vae
 from layert2v_core.model_folder import find_components
@@ -97,16 +98,15 @@ class DiTTask:
     def encode(self, batch: dict, spec: LayerSpec) -> tuple[torch.Tensor, object]:
         """Serialized latent x0 [B, 16, S*T', h, w] and the layered text of a data batch."""
         device = self.dit.device
-        layers = {"full": self.vae.encode(batch["full"].to(device)),
-                  "bg": self.vae.encode(batch["background"].to(device))}
-        for i in range(spec.num_foregrounds):
-            layers[f"fg{i + 1}"] = self.vae.encode(batch["foregrounds"][:, i].to(device))
-            layers[f"mask{i + 1}"] = self.mask_vae.encode(batch["alphas"][:, i].to(device))
+        # Foregrounds are full x alpha (the paper's definition), which encode_layers derives from full and mask.
+        layers = {"full": batch["full"].to(device), "bg": batch["background"].to(device),
+                  **{f"mask{i + 1}": batch["alphas"][:, i].to(device) for i in range(spec.num_foregrounds)}}
+        latent = encode_layers(self.vae, self.mask_vae, spec, layers)
         captions = batch["captions"]
         text = batch_layered_contexts([
             encode_layer_prompts(self.text, spec, full, bg, fgs)
             for full, bg, fgs in zip(captions["full"], captions["background"], captions["foregrounds"])])
-        return spec.join(layers), text
+        return latent, text
 
     def loss(self, module, batch: dict, generator: torch.Generator) -> tuple[torch.Tensor, dict]:
         cfg, device = self.cfg, self.dit.device
