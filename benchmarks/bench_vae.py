@@ -28,7 +28,6 @@ def _reference(dim: int):
 
 
 def _peak_bytes(run) -> int:
-    import torch
     from torch.profiler import ProfilerActivity, profile
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         run()

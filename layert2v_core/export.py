@@ -10,14 +10,13 @@ Every file is written atomically (temporary file, then rename).
 """
 from __future__ import annotations
 
-import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Mapping, Sequence
 
 import torch
 
+from .atomic import write_json
 from .composite import over_background
 from .pipeline import LayeredVideo
 from .video_io import write_video
@@ -48,14 +47,6 @@ def preview(result: LayeredVideo) -> torch.Tensor:
     return torch.cat(tiles, dim=-1)
 
 
-def write_json_atomic(data: Mapping, path: str | os.PathLike) -> None:
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f, indent=2, ensure_ascii=False)
-    os.replace(tmp, path)
-
-
 def save_layers(result: LayeredVideo, folder: str | os.PathLike, fps: float = 16.0,
                 rgba_formats: Sequence[str] = ("webm", "mov"), manifest: Mapping | None = None) -> dict[str, str]:
     """Write every layer of `result` into `folder`; returns {role: file name} (also stored in manifest.json)."""
@@ -83,5 +74,5 @@ def save_layers(result: LayeredVideo, folder: str | os.PathLike, fps: float = 16
         "alpha": "straight colour; alpha 1 = opaque foreground", "fps": fps, "files": files,
         "settings": result.settings, "consistency_error": result.consistency_error(), **(manifest or {}),
     }
-    write_json_atomic(record, folder / "manifest.json")
+    write_json(folder / "manifest.json", record)
     return files

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from .atomic import replace_folder
 
 VIDEO_FORMATS = {".mp4": "h264", ".webm": "vp9", ".mov": "prores4444"}
 # Codecs a container may take instead of its default (an opaque H.264 .mov is common in editing).
@@ -281,17 +282,6 @@ def _write_png_folder(frames: np.ndarray, folder: Path) -> None:
         iio.imwrite(folder / PNG_FRAME_NAME.format(index), frame)
 
 
-def _replace_folder(new: Path, target: Path) -> None:
-    """Move a finished frame folder into place; an existing target may only hold PNG frames (an older render)."""
-    if not target.exists():
-        os.replace(new, target)
-        return
-    old = target.with_name(f".{target.name}.{uuid.uuid4().hex}.old")
-    os.replace(target, old)
-    os.replace(new, target)
-    shutil.rmtree(old, ignore_errors=True)
-
-
 def _check_png_target(target: Path) -> None:
     if target.exists() and not target.is_dir():
         raise ValueError(f"{target} is a file; a PNG sequence is written to a folder")
@@ -330,7 +320,7 @@ def write_video(path: str | os.PathLike, frames: Any, fps: float, codec: str | N
         if codec == "png":
             temporary.mkdir()
             _write_png_folder(frames, temporary)
-            _replace_folder(temporary, target)
+            replace_folder(temporary, target)
         else:
             container = "mov" if target.suffix.lower() == ".mov" else target.suffix.lower().lstrip(".")
             _encode(frames, float(fps), codec, crf, temporary, container)

@@ -2,7 +2,6 @@
 
 Tolerance: max |ours - ref| <= 1e-5 * max |ref| in float32.
 """
-import json
 import re
 
 import pytest

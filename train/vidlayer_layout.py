@@ -38,6 +38,7 @@ from typing import Any, Iterable, Sequence
 
 import torch
 
+from layert2v_core.atomic import replace_folder, write_json
 from layert2v_core.video_io import video_to_frames, write_video
 
 METADATA = "metadata.json"
@@ -72,16 +73,6 @@ class SampleEntry:
 def mask_name(number: int) -> str:
     """File stem of foreground `number`'s alpha: mask, mask_2, mask_3."""
     return MASK_NAME if number == 1 else f"{MASK_NAME}_{number}"
-
-
-def write_json_atomic(path: Path, data: Any) -> None:
-    temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        temporary.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
-        os.replace(temporary, path)
-    finally:
-        if temporary.exists():
-            temporary.unlink()
 
 
 # ---------------------------------------------------------------- writing
@@ -124,21 +115,11 @@ def write_sample_folder(folder: str | os.PathLike, full: torch.Tensor, backgroun
         write_video(temporary / names["background"], video_to_frames(background), fps)
         for name, alpha in zip(names["masks"], alphas):
             write_video(temporary / name, video_to_frames(alpha), fps)
-        write_json_atomic(temporary / METADATA, metadata)
-        _move_into_place(temporary, target)
+        write_json(temporary / METADATA, metadata)
+        replace_folder(temporary, target)
     finally:
         shutil.rmtree(temporary, ignore_errors=True)
     return target
-
-
-def _move_into_place(new: Path, target: Path) -> None:
-    if not target.exists():
-        os.replace(new, target)
-        return
-    old = target.with_name(f".{target.name}.{uuid.uuid4().hex}.old")
-    os.replace(target, old)
-    os.replace(new, target)
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def write_jsonl(path: str | os.PathLike, folders: Iterable[str | os.PathLike]) -> Path:
