@@ -40,8 +40,11 @@ class ModelPaths:
         return {f.name: (str(getattr(self, f.name)) if getattr(self, f.name) else None) for f in fields(self)}
 
 
-def find_components(folder: str | os.PathLike | None = None, **explicit: str | os.PathLike | None) -> ModelPaths:
-    """Resolve each part from explicit paths first, then from `folder`; one message lists what is missing."""
+def find_components(folder: str | os.PathLike | None = None, required: tuple[str, ...] | None = None,
+                    **explicit: str | os.PathLike | None) -> ModelPaths:
+    """Resolve each part from explicit paths first, then from `folder`; one message lists what is missing.
+
+    `required` names the parts the caller needs (default: all but the adapter)."""
     base = Path(folder) if folder is not None else None
     if base is not None and not base.is_dir():
         raise FileNotFoundError(f"model folder not found: {base}")
@@ -58,7 +61,8 @@ def find_components(folder: str | os.PathLike | None = None, **explicit: str | o
             if hit is not None and hit.name.endswith(".index.json"):
                 hit = hit.parent
             setattr(paths, part, hit)
-    missing = [p for p in CANDIDATES if p not in OPTIONAL and getattr(paths, p) is None]
+    required = tuple(p for p in CANDIDATES if p not in OPTIONAL) if required is None else required
+    missing = [p for p in required if getattr(paths, p) is None]
     if missing:
         where = f"in {base}" if base is not None else "(no model folder given)"
         hints = "; ".join(f"{m}: one of {list(CANDIDATES[m])}" for m in missing)

@@ -170,3 +170,59 @@ def test_two_processes_split_the_batch(world, tmp_path):
     assert run.returncode == 0, run.stderr[-2000:]
     assert "2 process(es) x batch 2 x accumulation 1 = 4 per step" in run.stdout
     assert (tmp_path / "ddp" / "final" / "adapter.safetensors").exists()
+
+
+def test_cache_serves_training_without_the_text_encoder(world, tmp_path):
+    from train.cache import CachedLayers, build_cache
+    cfg = config(world, tmp_path / "run", "--data", str(world / "single"), "--max-steps", "4")
+    cache = build_cache(cfg, tmp_path / "cache", shard_size=3)
+    assert len(list(cache.glob("shard-*.safetensors"))) == 3  # 8 samples, 3 per shard
+    cached = CachedLayers(cache)
+    direct = DiTTask(cfg)
+    item = direct.collate([direct.dataset[0]])
+    latent, context, lens = direct.encode(item, LayerSpec(1))
+    assert torch.equal(cached[0]["latent"], latent[0])
+    rows = int(lens.sum())
+    assert torch.equal(cached[0]["context"], context[0, :rows]) and torch.equal(cached[0]["prompt_lens"], lens[0])
+    c = config(world, tmp_path / "from_cache", "--data", str(cache), "--max-steps", "4")
+    task = DiTTask(c)
+    assert task.text is None
+    train(task, c)
+    assert len((tmp_path / "from_cache" / "log.jsonl").read_text().splitlines()) == 4
+
+
+def test_ema_export_and_merged_checkpoint(world, tmp_path):
+    c = config(world, tmp_path, "--data", str(world / "single"), "--max-steps", "4", "--lr", "1e-2",
+               "--ema-decay", "0.5", "--export-merged", "true")
+    task = DiTTask(c)
+    final = train(task, c)
+    saved = load_file(str(final / "adapter.safetensors"))
+    live = task.trainable()["layer_adaln.layer_modulation"].detach()
+    assert not torch.equal(saved["layer_adaln.layer_modulation"], live)  # the EMA copy is exported, not the last
+    merged = load_dit(final / "dit_merged.safetensors")
+    adapted = load_dit(world / "model" / "dit.safetensors", adapter=final / "adapter.safetensors")
+    spec, x, t = LayerSpec(1), torch.randn(1, 16, 4, 4, 4), torch.tensor([300.0])
+    ctx, lens = torch.randn(1, 24, 32), torch.tensor([[8, 8, 8]])
+    with torch.no_grad():
+        a = merged(x, t, ctx, layer_spec=spec, prompt_lens=lens)
+        b = adapted(x, t, ctx, layer_spec=spec, prompt_lens=lens)
+    assert torch.allclose(a, b, atol=1e-6)
+
+
+def test_vgg_perceptual_term_from_torchvision_layout(world, tmp_path):
+    from layert2v_core.weights import save_weights_atomic
+    from train.perceptual import VGGPerceptual
+    weights = {}
+    for index, cin, cout in ((0, 3, 64), (2, 64, 64), (5, 64, 128), (7, 128, 128), (10, 128, 256), (12, 256, 256),
+                             (14, 256, 256), (17, 256, 512)):
+        weights[f"features.{index}.weight"] = torch.randn(cout, cin, 3, 3) * 0.05
+        weights[f"features.{index}.bias"] = torch.zeros(cout)
+    save_weights_atomic(weights, tmp_path / "vgg16.safetensors")
+    loss = VGGPerceptual(str(tmp_path / "vgg16.safetensors"))
+    video = torch.rand(1, 1, 2, 32, 32)
+    assert loss(video, video) == 0 and loss(video, 1 - video) > 0
+    c = config(world, tmp_path / "s1", "--data", str(world / "single"), "--max-steps", "2",
+               "--perceptual-weights", str(tmp_path / "vgg16.safetensors"))
+    task = MaskVAETask(c)
+    assert task.perceptual is not None
+    train(task, c)

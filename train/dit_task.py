@@ -19,6 +19,7 @@ from layert2v_core.model_folder import find_components
 from layert2v_core.text import batch_layered_contexts, encode_layer_prompts, load_text_encoder
 from layert2v_core.vae import load_vae
 
+from .cache import CachedLayers, collate_cached, is_cache
 from .config import TrainConfig
 from .data import LayeredVideoDataset, collate_layered
 from .losses import (consistency_loss, downsample_mask, flow_matching_loss, mask_reconstruction_loss, noisy_latent,
@@ -52,7 +53,9 @@ class DiTTask:
 
     def __init__(self, cfg: TrainConfig, device: torch.device | str = "cpu"):
         self.cfg = cfg
-        parts = find_components(cfg.model or None, dit=cfg.dit or None, vae=cfg.vae or None,
+        cached = is_cache(cfg.data)  # precomputed latents and T5 outputs: no text encoder needed
+        needed = ("dit", "vae", "mask_vae") + (() if cached else ("text_encoder",))
+        parts = find_components(cfg.model or None, needed, dit=cfg.dit or None, vae=cfg.vae or None,
                                 mask_vae=cfg.mask_vae or None, text_encoder=cfg.text_encoder or None)
         dtype = torch.bfloat16 if cfg.mixed_precision == "bf16" else torch.float32
         self.dit = load_dit(parts.dit, dtype=dtype, device=device)
@@ -61,13 +64,16 @@ class DiTTask:
         self.dit.gradient_checkpointing = cfg.gradient_checkpointing
         self.vae = load_vae(parts.vae, device=device)
         self.mask_vae = load_mask_vae(self.vae, parts.mask_vae).requires_grad_(False)
-        self.text = load_text_encoder(parts.text_encoder, device=device)
+        self.text = None if cached else load_text_encoder(parts.text_encoder, device=device)
         self.module = add_lora(self.dit, cfg.lora_rank, cfg.lora_alpha, cfg.lora_targets)
         if cfg.adapter:
             self._start_from(cfg.adapter)
-        self.dataset = LayeredVideoDataset(cfg.data, cfg.frames, cfg.height, cfg.width, cfg.frame_sampling,
-                                           cfg.seed, cfg.max_foregrounds)
-        self.collate = collate_layered
+        if cached:
+            self.dataset, self.collate = CachedLayers(cfg.data, cfg.max_foregrounds), collate_cached
+        else:
+            self.dataset = LayeredVideoDataset(cfg.data, cfg.frames, cfg.height, cfg.width, cfg.frame_sampling,
+                                               cfg.seed, cfg.max_foregrounds)
+            self.collate = collate_layered
         self.base_path = parts.dit
 
     def _start_from(self, path: str) -> None:
@@ -95,9 +101,11 @@ class DiTTask:
         return {module_name(k): p for k, p in self.module.named_parameters() if p.requires_grad}
 
     @torch.no_grad()
-    def encode(self, batch: dict, spec: LayerSpec) -> tuple[torch.Tensor, object]:
-        """Serialized latent x0 [B, 16, S*T', h, w] and the layered text of a data batch."""
+    def encode(self, batch: dict, spec: LayerSpec) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Serialized latent x0 [B, 16, S*T', h, w], text context and prompt lengths of a batch (data or cache)."""
         device = self.dit.device
+        if "latent" in batch:
+            return batch["latent"].to(device), batch["context"].to(device), batch["prompt_lens"]
         # Foregrounds are full x alpha (the paper's definition), which encode_layers derives from full and mask.
         layers = {"full": batch["full"].to(device), "bg": batch["background"].to(device),
                   **{f"mask{i + 1}": batch["alphas"][:, i].to(device) for i in range(spec.num_foregrounds)}}
@@ -106,17 +114,16 @@ class DiTTask:
         text = batch_layered_contexts([
             encode_layer_prompts(self.text, spec, full, bg, fgs)
             for full, bg, fgs in zip(captions["full"], captions["background"], captions["foregrounds"])])
-        return latent, text
+        return latent, text.context, text.prompt_lens
 
     def loss(self, module, batch: dict, generator: torch.Generator) -> tuple[torch.Tensor, dict]:
         cfg, device = self.cfg, self.dit.device
         spec = LayerSpec(batch["alphas"].shape[1], cfg.routing_policy)
-        x0, text = self.encode(batch, spec)
+        x0, context, prompt_lens = self.encode(batch, spec)
         sigma = sample_sigmas(x0.shape[0], generator, cfg.t_mean, cfg.t_std, cfg.t_shift).to(device)
         noise = torch.randn(x0.shape, generator=generator).to(device)
         z_t = noisy_latent(x0, noise, sigma)
-        velocity = module(z_t, sigma * 1000, text.context.to(device), layer_spec=spec,
-                          prompt_lens=text.prompt_lens).float()
+        velocity = module(z_t, sigma * 1000, context.to(device), layer_spec=spec, prompt_lens=prompt_lens).float()
         l_fm = flow_matching_loss(velocity, x0, noise)
         predicted, target = spec.split(predicted_x0(z_t, velocity, sigma)), spec.split(x0)
         _, _, frames, height, width = target["full"].shape

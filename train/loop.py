@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterator, Protocol
@@ -102,6 +103,8 @@ def train(task: Task, cfg: TrainConfig) -> Path:
         accelerator.print(f"resumed from {resume} at step {step}")
 
     log_file = out / "log.jsonl"
+    board = _tensorboard(out / "tensorboard") if main else None
+    bar = _progress_bar(cfg.max_steps, step, enabled=main)
     window: list[float] = []
     started, seen = time.perf_counter(), 0
     accelerator.print(f"{task.name}: {sum(p.numel() for p in trainable.values()):,} trainable parameters, "
@@ -124,6 +127,9 @@ def train(task: Task, cfg: TrainConfig) -> Path:
             continue
         scheduler.step()
         step += 1
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss.item():.4f}")
         if ema is not None:
             with torch.no_grad():
                 for k, v in trainable.items():
@@ -136,6 +142,10 @@ def train(task: Task, cfg: TrainConfig) -> Path:
             if main:
                 with open(log_file, "a") as f:
                     f.write(json.dumps(record) + "\n")
+                if board is not None:
+                    for key, value in record.items():
+                        if key != "step":
+                            board.add_scalar(f"{task.name.split(':')[0]}/{key}", value, step)
                 print(" ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in record.items()),
                       flush=True)
         if step % cfg.save_every == 0 or step == cfg.max_steps:
@@ -145,6 +155,10 @@ def train(task: Task, cfg: TrainConfig) -> Path:
                 save_checkpoint(out, step, state, optimizer, scheduler, generator,
                                 {"epoch": batches.epoch, "position": batches.position}, cfg.keep_last)
 
+    if bar is not None:
+        bar.close()
+    if board is not None:
+        board.close()
     accelerator.wait_for_everyone()
     final = out / "final"
     if main:
@@ -153,3 +167,20 @@ def train(task: Task, cfg: TrainConfig) -> Path:
             print(f"wrote {path}", flush=True)
     accelerator.end_training()
     return final
+
+
+def _tensorboard(folder: Path):
+    """A TensorBoard writer when tensorboard is installed; the jsonl log is written either way."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        return None
+    return SummaryWriter(str(folder))
+
+
+def _progress_bar(total: int, done: int, enabled: bool):
+    """A step progress bar on an interactive terminal (log files get the periodic lines instead)."""
+    if not enabled or not sys.stderr.isatty():
+        return None
+    from tqdm.auto import tqdm
+    return tqdm(total=total, initial=done, unit="step", dynamic_ncols=True)

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from layert2v_core.mask_vae import MaskVAE, MaskVAEConfig, save_mask_vae
+from layert2v_core.model_folder import find_components
 from layert2v_core.vae import load_vae
 
 from .config import TrainConfig
@@ -24,7 +25,7 @@ class MaskVAETask:
 
     def __init__(self, cfg: TrainConfig, device: torch.device | str = "cpu"):
         self.cfg = cfg
-        vae = load_vae(cfg.vae or _folder_vae(cfg.model), device=device)
+        vae = load_vae(find_components(cfg.model or None, ("vae",), vae=cfg.vae or None).vae, device=device)
         config = MaskVAEConfig(lora_rank=cfg.mask_lora_rank, lora_alpha=cfg.mask_lora_alpha,
                                proj_hidden=cfg.mask_proj_hidden)
         self.module = MaskVAE(vae, config).to(device)
@@ -55,11 +56,3 @@ class MaskVAETask:
         save_mask_vae(self.module, path)
         return [path]
 
-
-def _folder_vae(folder: str) -> str:
-    from layert2v_core.model_folder import CANDIDATES
-    base = Path(folder)
-    hit = next((base / n for n in CANDIDATES["vae"] if (base / n).exists()), None)
-    if hit is None:
-        raise SystemExit(f"no VAE in model folder {folder!r}; give --vae or --model with one of {CANDIDATES['vae']}")
-    return str(hit)
