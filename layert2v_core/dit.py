@@ -267,7 +267,10 @@ class WanDiT(nn.Module):
             raise ValueError(f"latent size {frames}x{height}x{width} must be divisible by the patch {cfg.patch_size}")
         grid = (frames // pt, height // ph, width // pw)
         t = t.reshape(-1).expand(b) if t.numel() in (1, b) else t
-        if context.shape[1] < cfg.text_len:  # Wan pads every context to text_len rows before text_embedding
+        if layer_spec is not None and prompt_lens is not None:
+            # Routing never lets a token see a padding row, so only the real prompt rows need projecting.
+            context = context[:, :int(torch.as_tensor(prompt_lens).sum(-1).max())]
+        elif context.shape[1] < cfg.text_len:  # Wan pads every context to text_len rows before text_embedding
             context = F.pad(context, (0, 0, 0, cfg.text_len - context.shape[1]))
 
         e = self.time_embedding(sinusoidal_embedding(cfg.freq_dim, t).to(self.dtype)).float()

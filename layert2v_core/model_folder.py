@@ -81,8 +81,10 @@ def load_pipeline(paths: ModelPaths, device: str | torch.device = "cpu", dtype: 
     from .vae import load_vae
 
     home = "cpu" if offload else device
+    if dtype is None and torch.device(device).type == "cpu":
+        dtype = torch.float32  # half-precision files compute in fp32 on CPU, where fp16 kernels are slow or missing
     dit = load_dit(paths.dit, dtype=dtype, device=home, adapter=paths.adapter)
-    vae = load_vae(paths.vae, device=home)
+    vae = load_vae(paths.vae, dtype=torch.float32 if torch.device(device).type == "cpu" else None, device=home)
     mask_vae = load_mask_vae(vae, paths.mask_vae)  # shares the frozen VAE weights, adds only its adapter
     text_encoder = load_text_encoder(paths.text_encoder, dtype=dtype, device=home)
     return LayerT2VPipeline(dit, vae, mask_vae, text_encoder, device, offload=offload, vae_tile=vae_tile)

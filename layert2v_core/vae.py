@@ -10,6 +10,8 @@ Module and parameter names follow the original Wan2.1 code, so `Wan2.1_VAE.pth` 
 """
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
 import re
 from dataclasses import dataclass
@@ -20,7 +22,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .vae_tiling import Tiling, as_tiling, tiled_map
-from .weights import CheckpointError, assign_weights, is_side_tensor, open_weights, read_tensor
+from .weights import (CheckpointError, assign_weights, is_side_tensor, open_weights, read_tensor,
+                      save_weights_atomic)
+
+STATS_KEY = "layert2v.latent_stats"
 
 # Per-channel statistics of the real Wan2.1 latent; the DiT works on (mu - mean) / std.
 WAN21_LATENT_MEAN = (-0.7571, -0.7089, -0.9113, 0.1075, -0.1745, 0.9653, -0.1517, 1.5508,
@@ -227,7 +232,8 @@ class Decoder3d(nn.Module):
 
 
 def stream_encode(encoder: Encoder3d, quant_conv: nn.Module, video: torch.Tensor, z_dim: int) -> torch.Tensor:
-    """Latent mean mu [B, z, 1 + (T-1)/4, H/8, W/8] (fp32), feeding the encoder frame chunks 1, 4, 4, ..."""
+    """The first `z_dim` channels of the posterior (z_dim = the latent width gives mu) [B, z_dim, 1 + (T-1)/4,
+    H/8, W/8] (fp32), feeding the encoder frame chunks 1, 4, 4, ..."""
     weight = quant_conv.weight
     b, _, t, h, w = video.shape
     mu = torch.empty(b, z_dim, 1 + (t - 1) // TIME_STRIDE, h // SPACE_STRIDE, w // SPACE_STRIDE,
@@ -334,6 +340,12 @@ class WanVAE(nn.Module):
             return run(video)
         return tiled_map(run, video, tiling, factor_in=SPACE_STRIDE, factor_out=1)
 
+    def encode_moments(self, video: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Raw (mu, log_var) of the posterior, for training the VAE itself (untiled)."""
+        check_video(video)
+        moments = stream_encode(self.encoder, self.conv1, video, 2 * self.z_dim)
+        return moments[:, :self.z_dim], moments[:, self.z_dim:]
+
     def encode(self, video: torch.Tensor, *, tile: Tiling | tuple[int, int] | None = None) -> torch.Tensor:
         """[B, 3, 4k+1, H, W] in [-1, 1] -> normalised latent [B, z, k+1, H/8, W/8]."""
         return self.normalize(self.encode_mu(video, tile=tile))
@@ -400,6 +412,10 @@ def load_vae(path: str | os.PathLike, dtype: torch.dtype | None = None, device="
     source = open_weights(path)
     fmt, names = _detect_layout(source, path)  # names: original-layout key -> file key
     config = infer_vae_config({k: (lambda sk=sk: source[sk]) for k, sk in names.items()}, path, fmt)
+    stats = json.loads(source.metadata.get(STATS_KEY, "{}"))  # a VAE of our own carries its latent statistics
+    if stats:
+        config = dataclasses.replace(config, latent_mean=tuple(stats["latent_mean"]),
+                                     latent_std=tuple(stats["latent_std"]))
     with torch.device("meta"):
         model = WanVAE(config)
     readers = {k: (lambda sk=sk: read_tensor(source, sk, dtype)) for k, sk in names.items()}
@@ -460,6 +476,13 @@ def _rename_diffusers(names: Mapping[str, str]) -> dict[str, str]:
                      lambda m: f"{m.group(1)}{_DIFFUSERS_RESIDUAL[m.group(2)]}.", new)
         out[new] = file_key
     return out
+
+
+def save_vae(vae: WanVAE, path: str | os.PathLike, dtype: torch.dtype | None = None) -> None:
+    """Write a VAE in Wan2.1's original key layout; its latent mean/std go in the metadata."""
+    tensors = {k: (v.to(dtype) if dtype is not None else v) for k, v in vae.state_dict().items()}
+    stats = {"latent_mean": list(vae.config.mean), "latent_std": list(vae.config.std)}
+    save_weights_atomic(tensors, path, {STATS_KEY: json.dumps(stats)})
 
 
 def infer_vae_config(tensors: Mapping[str, Callable[[], torch.Tensor]], path="<weights>",

@@ -65,7 +65,10 @@ class DiTTask:
         self.vae = load_vae(parts.vae, device=device)
         self.mask_vae = load_mask_vae(self.vae, parts.mask_vae).requires_grad_(False)
         self.text = None if cached else load_text_encoder(parts.text_encoder, device=device)
-        self.module = add_lora(self.dit, cfg.lora_rank, cfg.lora_alpha, cfg.lora_targets)
+        if cfg.lora_rank > 0:
+            self.module = add_lora(self.dit, cfg.lora_rank, cfg.lora_alpha, cfg.lora_targets)
+        else:  # lora_rank 0: every DiT weight trains (a model trained from scratch, like the demo's)
+            self.module = self.dit.requires_grad_(True)
         if cfg.adapter:
             self._start_from(cfg.adapter)
         if cached:
@@ -139,6 +142,12 @@ class DiTTask:
 
     def export(self, folder: Path, values: dict[str, torch.Tensor]) -> list[Path]:
         folder.mkdir(parents=True, exist_ok=True)
+        if self.cfg.lora_rank == 0:
+            with torch.no_grad():
+                for name, param in self.dit.named_parameters():
+                    param.copy_(values[name])
+            save_dit(self.dit, folder / "dit.safetensors")
+            return [folder / "dit.safetensors"]
         adapter = folder / "adapter.safetensors"
         save_dit_adapter(self.dit, lora_pairs(values), adapter, self.cfg.lora_alpha,
                          layer_modulation=values[LAYER_ADALN],
@@ -155,7 +164,8 @@ class MultiForegroundTask(DiTTask):
     name = "stage 3: more foregrounds"
 
     def __init__(self, cfg: TrainConfig, device: torch.device | str = "cpu"):
-        if not cfg.adapter:
+        if not cfg.adapter and cfg.lora_rank > 0:
             raise SystemExit("stage 3 continues from a stage-2 adapter: give --adapter runs/stage2/final/"
-                             "adapter.safetensors")
+                             "adapter.safetensors (or, for full-weight training, --lora-rank 0 and --dit the "
+                             "stage-2 dit.safetensors)")
         super().__init__(cfg, device)

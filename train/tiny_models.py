@@ -18,8 +18,7 @@ from safetensors.torch import save_file
 from layert2v_core.checkpoints import save_dit
 from layert2v_core.dit import DiTConfig, WanDiT
 from layert2v_core.mask_vae import MaskVAE, MaskVAEConfig, save_mask_vae
-from layert2v_core.vae import VAEConfig, WanVAE
-from layert2v_core.weights import save_weights_atomic
+from layert2v_core.vae import VAEConfig, WanVAE, save_vae
 
 DEFAULT_WORDS = ("a red circle blue square green triangle yellow star moves left right up down over the "
                  "striped checkered gradient noise background sky field scene object white cyan orange").split()
@@ -72,11 +71,6 @@ def tiny_dit_config(text_dim: int = 32, num_foregrounds: int = 1, **overrides) -
 
 def tiny_vae_config(**overrides) -> VAEConfig:
     return VAEConfig(**{"dim": 8, "z_dim": 16, **overrides})
-
-
-def save_vae(vae: WanVAE, path: str | os.PathLike) -> None:
-    """The VAE in Wan2.1's original key layout (what `load_vae` reads)."""
-    save_weights_atomic(vae.state_dict(), path)
 
 
 def write_model_folder(folder: str | os.PathLike, seed: int = 0, num_foregrounds: int = 1, text_dim: int = 32,

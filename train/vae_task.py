@@ -1,0 +1,70 @@
+"""A Wan2.1-architecture video VAE trained from scratch: what a demo model without Wan's weights needs.
+
+Real LayerT2V runs use Wan's own VAE; this trains the same architecture (any width) on the RGB layers of a
+dataset (full, background and premultiplied foregrounds) with L1 + a small KL term, then measures the latent
+mean/std the DiT's latents are normalised by and stores them in the file.
+"""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from layert2v_core.vae import VAEConfig, WanVAE, save_vae, stream_decode
+
+from .config import TrainConfig
+from .data import LayeredVideoDataset, collate_layered
+
+
+class VAETask:
+    name = "vae: video autoencoder"
+
+    def __init__(self, cfg: TrainConfig, device: torch.device | str = "cpu", width: int = 16,
+                 kl_weight: float = 1e-4):
+        self.cfg, self.kl_weight = cfg, kl_weight
+        config = VAEConfig(dim=width, z_dim=16, latent_mean=(0.0,) * 16, latent_std=(1.0,) * 16)
+        self.module = WanVAE(config).to(device)
+        self.dataset = LayeredVideoDataset(cfg.data, cfg.frames, cfg.height, cfg.width, cfg.frame_sampling,
+                                           cfg.seed, cfg.max_foregrounds)
+        self.collate = collate_layered
+
+    def trainable(self) -> dict[str, torch.nn.Parameter]:
+        return dict(self.module.named_parameters())
+
+    @staticmethod
+    def videos(batch: dict) -> torch.Tensor:
+        """Every RGB layer of the batch: full, background, each premultiplied foreground."""
+        return torch.cat([batch["full"], batch["background"], batch["foregrounds"].flatten(0, 1)])
+
+    def loss(self, module, batch: dict, generator: torch.Generator) -> tuple[torch.Tensor, dict]:
+        vae = self.module
+        video = self.videos(batch).to(vae.conv1.weight.device)
+        mu, log_var = vae.encode_moments(video)
+        log_var = log_var.clamp(-30, 20)
+        z = mu + torch.exp(0.5 * log_var) * torch.randn(mu.shape, generator=generator).to(mu.device)
+        recon = stream_decode(vae.decoder, vae.conv2, z)
+        l1 = F.l1_loss(recon, video)
+        kl = 0.5 * (mu.pow(2) + log_var.exp() - 1 - log_var).mean()
+        return l1 + self.kl_weight * kl, {"l1": l1.item(), "kl": kl.item()}
+
+    @torch.no_grad()
+    def latent_stats(self, samples: int = 32) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        mus = []
+        for index in range(min(samples, len(self.dataset))):
+            video = self.videos(self.collate([self.dataset[index]])).to(self.module.conv1.weight.device)
+            mus.append(self.module.encode_moments(video)[0].transpose(0, 1).flatten(1))
+        mu = torch.cat(mus, dim=1)
+        return tuple(mu.mean(1).tolist()), tuple(mu.std(1).clamp_min(1e-3).tolist())
+
+    def export(self, folder: Path, values: dict[str, torch.Tensor]) -> list[Path]:
+        folder.mkdir(parents=True, exist_ok=True)
+        with torch.no_grad():
+            for name, param in self.module.named_parameters():
+                param.copy_(values[name])
+        mean, std = self.latent_stats()
+        self.module.config = dataclasses.replace(self.module.config, latent_mean=mean, latent_std=std)
+        path = folder / "vae.safetensors"
+        save_vae(self.module, path)
+        return [path]
