@@ -34,13 +34,18 @@ class VAETask:
         return dict(self.module.named_parameters())
 
     @staticmethod
-    def videos(batch: dict) -> torch.Tensor:
-        """Every RGB layer of the batch: full, background, each premultiplied foreground."""
-        return torch.cat([batch["full"], batch["background"], batch["foregrounds"].flatten(0, 1)])
+    def videos(batch: dict, generator: torch.Generator | None = None) -> torch.Tensor:
+        """The RGB layers of a batch: all of them, or with a generator one drawn per sample (a cheaper step
+        that still sees full, background and premultiplied foregrounds over the run)."""
+        layers = torch.cat([batch["full"][:, None], batch["background"][:, None], batch["foregrounds"]], dim=1)
+        if generator is None:
+            return layers.flatten(0, 1)
+        pick = torch.randint(layers.shape[1], (layers.shape[0],), generator=generator)
+        return layers[torch.arange(layers.shape[0]), pick]
 
     def loss(self, module, batch: dict, generator: torch.Generator) -> tuple[torch.Tensor, dict]:
         vae = self.module
-        video = self.videos(batch).to(vae.conv1.weight.device)
+        video = self.videos(batch, generator).to(vae.conv1.weight.device)
         mu, log_var = vae.encode_moments(video)
         log_var = log_var.clamp(-30, 20)
         z = mu + torch.exp(0.5 * log_var) * torch.randn(mu.shape, generator=generator).to(mu.device)
