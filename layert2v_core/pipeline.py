@@ -15,8 +15,9 @@ from typing import Callable, Mapping, Sequence
 
 import torch
 
-from .composite import consistency_error, premultiply, to_straight_rgba, unpremultiply
-from .conditioning import check_kept_layers, known_latent
+from .composite import consistency_error, premultiply, to_straight_rgba
+from .conditioning import known_latent
+from .layered_latent import check_keep, decode_layers, encode_layer
 from .layers import LayerSpec
 from .sampling import SOLVERS, cfg_velocity, flow_sigmas, sample, seeded_noise
 from .text import encode_layer_prompts
@@ -98,28 +99,11 @@ class LayerT2VPipeline:
 
     def _check_keep(self, spec: LayerSpec, keep: Mapping[str, torch.Tensor], frames: int, height: int,
                     width: int) -> None:
-        check_kept_layers(spec, keep)
-        for name, video in keep.items():
-            channels = 1 if spec.kind(name) == "mask" else 3
-            expected = (channels, frames, height, width)
-            if not isinstance(video, torch.Tensor) or tuple(video.shape) != expected:
-                got = tuple(video.shape) if isinstance(video, torch.Tensor) else type(video).__name__
-                raise ValueError(f"kept layer {name!r} must be a [C, T, H, W] tensor in [0, 1] of shape {expected}, "
-                                 f"got {got}")
-            if spec.kind(name) == "fg" and f"mask{spec.foreground_number(name)}" not in keep:
-                raise ValueError(f"keeping {name!r} needs its alpha too: add 'mask{spec.foreground_number(name)}' "
-                                 f"(the foreground is premultiplied by it before encoding)")
+        check_keep(spec, keep, frames, height, width)
 
     def encode_layer(self, spec: LayerSpec, name: str, keep: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """The latent segment [1, C, T', H', W'] of one given layer (videos in [0, 1], fg straight)."""
-        video = keep[name].unsqueeze(0).to(self.device, torch.float32)
-        kind = spec.kind(name)
-        if kind == "mask":
-            return self.mask_vae.encode(video)
-        if kind == "fg":
-            alpha = keep[f"mask{spec.foreground_number(name)}"].unsqueeze(0).to(self.device, torch.float32)
-            video = premultiply(video, alpha)
-        return self.vae.encode(video * 2 - 1, tile=self.vae_tile)
+        return encode_layer(self.vae, self.mask_vae, spec, name, keep, self.device, self.vae_tile)
 
     @torch.no_grad()
     def __call__(self, prompt: str, background: str = "", foregrounds: Sequence[str] = ("",), negative: str = "", *,
@@ -169,13 +153,7 @@ class LayerT2VPipeline:
 
     def decode(self, spec: LayerSpec, latent: torch.Tensor) -> dict:
         """Decode a serialized latent [1, C, S*T', H', W'] into full, background, straight foregrounds, alphas."""
-        parts = spec.split(latent.to(self.device))
-        rgb = {name: ((self.vae.decode(z, tile=self.vae_tile)[0] + 1) / 2).clamp(0, 1).float().cpu()
-               for name, z in parts.items() if spec.kind(name) != "mask"}
-        alphas = [self.mask_vae.decode(parts[f"mask{i}"])[0].clamp(0, 1).float().cpu()
-                  for i in range(1, spec.num_foregrounds + 1)]
-        foregrounds = [unpremultiply(rgb[f"fg{i}"], alphas[i - 1]) for i in range(1, spec.num_foregrounds + 1)]
-        return dict(full=rgb["full"], background=rgb["bg"], foregrounds=foregrounds, alphas=alphas)
+        return decode_layers(self.vae, self.mask_vae, spec, latent, self.device, self.vae_tile)
 
 
 __all__ = ["LayerT2VPipeline", "LayeredVideo", "check_video_size", "to_straight_rgba"]
