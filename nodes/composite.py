@@ -1,6 +1,8 @@
 """Composite Layers: the generated foregrounds over a new background (any IMAGE batch), or over their own."""
 from __future__ import annotations
 
+import torch
+
 from layert2v_core.composite import fit_background, over_background
 
 from .common import CATEGORY, LAYERS, image_to_video, readable_errors, video_to_image
@@ -29,7 +31,7 @@ class LayerT2VComposite:
     DESCRIPTION = "Background replacement: puts all generated foregrounds (with their alpha) over a new background."
 
     def composite(self, layers, background=None):
-        with readable_errors("Composite Layers"):
+        with readable_errors("Composite Layers"), torch.no_grad():
             _, frames, height, width = layers.full.shape
             if background is None:
                 base = layers.background

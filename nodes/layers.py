@@ -51,7 +51,7 @@ class LayerT2VEncodeLayers:
 
     def encode(self, vae, latent, strength: float, **layers):
         node = "Encode Layers"
-        with readable_errors(node):
+        with readable_errors(node), torch.no_grad():
             samples, info = read_latent(latent, node)
             spec = info.spec()
             height, width = samples.shape[-2] * SPATIAL_STRIDE, samples.shape[-1] * SPATIAL_STRIDE
@@ -123,7 +123,7 @@ class LayerT2VDecodeLayers:
 
     def decode(self, vae, latent, foreground_index: int):
         node = "Decode Layers"
-        with readable_errors(node):
+        with readable_errors(node), torch.no_grad():
             samples, info = read_latent(latent, node)
             spec = info.spec()
             if foreground_index > info.num_foregrounds:

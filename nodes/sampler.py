@@ -70,7 +70,7 @@ class LayerT2VSampler:
 
     def sample(self, model, conditioning, latent, seed: int, steps: int, cfg: float, shift: float, solver: str,
                routing: str, denoise: float, sampler=None, sigmas=None):
-        with readable_errors(NODE):
+        with readable_errors(NODE), torch.no_grad():
             samples, info = read_latent(latent, NODE)
             if conditioning.num_foregrounds != info.num_foregrounds:
                 raise LayerT2VInputError(

@@ -48,7 +48,7 @@ class LayerT2VSaveLayers:
                    "manifest.json into one new folder of the output directory.")
 
     def save(self, layers, filename_prefix: str, fps: float, rgba_format: str):
-        with readable_errors("Save Layers"):
+        with readable_errors("Save Layers"), torch.no_grad():
             if rgba_format not in RGBA_CHOICES:
                 raise ValueError(f"rgba_format must be one of {list(RGBA_CHOICES)}, got {rgba_format!r}")
             root = host.output_directory()

@@ -60,7 +60,7 @@ class LayerT2VTextEncode:
 
     def encode(self, num_foregrounds: int, full_prompt: str, background_prompt: str, foreground_1: str,
                foreground_2: str, foreground_3: str, negative_prompt: str, text_encoder=None, clip=None):
-        with readable_errors(NODE):
+        with readable_errors(NODE), torch.no_grad():
             if (text_encoder is None) == (clip is None):
                 raise LayerT2VInputError(
                     f"{NODE}: connect exactly one encoder: 'text_encoder' (Load LayerT2V Text Encoder) or 'clip' "
