@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Iterator
 
 import torch
@@ -65,7 +65,6 @@ class LayerInfo:
     frames: int
     kept: tuple[str, ...] = ()
     strength: float = 0.0
-    extra: dict = field(default_factory=dict)
 
     def spec(self, policy: str = "paper") -> LayerSpec:
         return LayerSpec(self.num_foregrounds, policy)

@@ -24,10 +24,6 @@ except ImportError:
 _fallback = {"models": None, "output": None}
 
 
-def in_comfyui() -> bool:
-    return folder_paths is not None
-
-
 def use_folders(models: str | os.PathLike, output: str | os.PathLike) -> None:
     """Outside ComfyUI: where `<models>/<kind>/` files are listed from and where outputs go."""
     _fallback["models"], _fallback["output"] = Path(models), Path(output)

@@ -23,7 +23,8 @@ class LayerT2VEncodeLayers:
     @classmethod
     def INPUT_TYPES(cls):
         optional = {
-            "full": ("IMAGE", {"tooltip": "Full video to keep (frames as a batch; one image is held for every frame)."}),
+            "full": ("IMAGE", {"tooltip": "Full video to keep (frames as a batch; one image is held for every "
+                                          "frame)."}),
             "background": ("IMAGE", {"tooltip": "Background to keep; the foregrounds are generated over it."}),
         }
         for i in range(1, MAX_FOREGROUNDS + 1):
@@ -61,7 +62,7 @@ class LayerT2VEncodeLayers:
                                          f"foreground_i with alpha_i)")
             check_keep(spec, keep, info.frames, height, width)
             device = host.compute_device()
-            with _on(device, vae):
+            with _VAEOnDevice(device, vae):
                 segments = encode_layers(vae.vae, vae.mask_vae, spec, keep, device, vae.tile)
             segments = {name: z.cpu().expand(samples.shape[0], -1, -1, -1, -1) for name, z in segments.items()}
             known, _ = known_latent(spec, segments, samples.shape)
@@ -133,7 +134,7 @@ class LayerT2VDecodeLayers:
                 raise LayerT2VInputError(f"{node}: decode one sample at a time (batch is {samples.shape[0]}); "
                                          f"use Latent From Batch first")
             device = host.compute_device()
-            with _on(device, vae):
+            with _VAEOnDevice(device, vae):
                 parts = decode_layers(vae.vae, vae.mask_vae, spec, samples, device, vae.tile)
             layers = LayeredVideo(latent=samples[0], spec=spec, settings={"frames": info.frames}, **parts)
         fg, alpha = layers.foregrounds[foreground_index - 1], layers.alphas[foreground_index - 1]
@@ -141,7 +142,7 @@ class LayerT2VDecodeLayers:
                 alpha_to_mask(alpha), video_to_image(layers.rgba(foreground_index)), layers)
 
 
-class _on:
+class _VAEOnDevice:
     """The VAE pair on the compute device for one job, then back to the offload device."""
 
     def __init__(self, device: torch.device, vae):

@@ -83,7 +83,8 @@ class LayerT2VVAELoader:
             "tile_size": ("INT", {"default": 256, "min": 64, "max": 4096, "step": 8,
                                   "tooltip": "Tile side in pixels (multiple of 8), used when tiling is on."}),
             "tile_overlap": ("INT", {"default": 64, "min": 0, "max": 2048, "step": 8,
-                                     "tooltip": "Overlap between tiles in pixels (multiple of 8, below the tile size)."}),
+                                     "tooltip": "Overlap between tiles in pixels (multiple of 8, below the tile "
+                                                "size)."}),
         }}
 
     RETURN_TYPES = (VAE,)

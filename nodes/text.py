@@ -5,6 +5,8 @@ umt5 file), so a graph that already loads umt5 for Wan does not load it twice.
 """
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 from typing import Sequence
 
 import torch
@@ -12,6 +14,7 @@ import torch
 from layert2v_core.layers import MAX_FOREGROUNDS, LayerSpec
 from layert2v_core.text import (encode_layer_prompts, layer_prompts, negative_prompt, pack_layer_contexts)
 
+from . import host
 from .common import CATEGORY, CONDITIONING, TEXT_ENCODER, LayeredConditioning, LayerT2VInputError, readable_errors
 
 NODE = "Layer Text Encode"
@@ -68,12 +71,34 @@ class LayerT2VTextEncode:
             spec = LayerSpec(num_foregrounds)
             foregrounds = [foreground_1, foreground_2, foreground_3][:num_foregrounds]
             if text_encoder is not None:
-                text = encode_layer_prompts(text_encoder, spec, full_prompt, background_prompt, foregrounds,
-                                            negative_prompt)
+                with _on_compute_device(text_encoder):
+                    text = encode_layer_prompts(text_encoder, spec, full_prompt, background_prompt, foregrounds,
+                                                negative_prompt)
+                text = _on_cpu(text)
             else:
                 text = encode_with_comfy_clip(clip, spec, full_prompt, background_prompt, foregrounds,
                                               negative_prompt)
         return (LayeredConditioning(num_foregrounds, text),)
+
+
+@contextlib.contextmanager
+def _on_compute_device(encoder):
+    """umt5 on the compute device while it encodes, back on the offload device afterwards."""
+    device = host.compute_device()
+    host.make_room(device, encoder.model)
+    encoder.to(device)
+    try:
+        yield
+    finally:
+        encoder.to(host.offload_device())
+        host.release_cache()
+
+
+def _on_cpu(text):
+    """The context off the GPU until the sampler needs it, so conditioning outputs hold no VRAM."""
+    return dataclasses.replace(text, context=text.context.cpu(), prompt_lens=text.prompt_lens.cpu(),
+                               negative_context=text.negative_context.cpu(),
+                               negative_prompt_lens=text.negative_prompt_lens.cpu())
 
 
 def encode_with_comfy_clip(clip, spec: LayerSpec, full: str, bg: str, foregrounds: Sequence[str], negative: str):
@@ -82,7 +107,7 @@ def encode_with_comfy_clip(clip, spec: LayerSpec, full: str, bg: str, foreground
     negative = negative_prompt(negative)
     unique = list(dict.fromkeys([*prompts, negative]))
     embedded = dict(zip(unique, (_real_tokens(clip, text) for text in unique)))
-    return pack_layer_contexts(spec, prompts, [embedded[p] for p in prompts], negative, embedded[negative])
+    return _on_cpu(pack_layer_contexts(spec, prompts, [embedded[p] for p in prompts], negative, embedded[negative]))
 
 
 def _real_tokens(clip, text: str) -> torch.Tensor:
