@@ -133,13 +133,37 @@ class LayerT2VDecodeLayers:
             if samples.shape[0] != 1:
                 raise LayerT2VInputError(f"{node}: decode one sample at a time (batch is {samples.shape[0]}); "
                                          f"use Latent From Batch first")
-            device = host.compute_device()
-            with _VAEOnDevice(device, vae):
-                parts = decode_layers(vae.vae, vae.mask_vae, spec, samples, device, vae.tile)
-            layers = LayeredVideo(latent=samples[0], spec=spec, settings={"frames": info.frames}, **parts)
+            layers = _last_decoded.get(vae, samples)
+            if layers is None:
+                device = host.compute_device()
+                with _VAEOnDevice(device, vae):
+                    parts = decode_layers(vae.vae, vae.mask_vae, spec, samples, device, vae.tile)
+                layers = LayeredVideo(latent=samples[0], spec=spec, settings={"frames": info.frames}, **parts)
+                _last_decoded.put(vae, samples, layers)
         fg, alpha = layers.foregrounds[foreground_index - 1], layers.alphas[foreground_index - 1]
         return (video_to_image(layers.full), video_to_image(layers.background), video_to_image(fg),
                 alpha_to_mask(alpha), video_to_image(layers.rgba(foreground_index)), layers)
+
+
+class _LastDecoded:
+    """The last decode, so several Decode Layers nodes on one latent (one per foreground index) decode it once.
+
+    Holds the latent and VAE themselves (not their ids, which Python reuses once an object is freed).
+    """
+
+    def __init__(self):
+        self.vae, self.samples, self.version, self.layers = None, None, None, None
+
+    def get(self, vae, samples: torch.Tensor):
+        if vae is self.vae and samples is self.samples and samples._version == self.version:
+            return self.layers
+        return None
+
+    def put(self, vae, samples: torch.Tensor, layers) -> None:
+        self.vae, self.samples, self.version, self.layers = vae, samples, samples._version, layers
+
+
+_last_decoded = _LastDecoded()
 
 
 class _VAEOnDevice:
