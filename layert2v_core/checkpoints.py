@@ -16,6 +16,7 @@ import torch
 
 from .dit import DiTConfig, WanDiT
 from .layers import ROUTING_POLICIES
+from .mask_vae import FORMAT_NAME as MASK_VAE_FORMAT
 from .weights import (CheckpointError, WeightSource, assign_weights, is_side_tensor, open_weights, read_tensor,
                       save_weights_atomic)
 
@@ -167,6 +168,9 @@ def load_adapter(path: str | os.PathLike) -> Adapter:
             return a / (r ** 0.5 if rslora else r)
         return _build_adapter(source, scale_for, "official", f"PEFT folder {path}")
     source = open_weights(path)
+    if source.metadata.get("format") == MASK_VAE_FORMAT:
+        raise CheckpointError(f"{path} is the LayerT2V alpha-matte (mask) VAE, not the DiT adapter; load it as the "
+                              f"alpha VAE and pick the DiT adapter file here")
     meta = json.loads(source.metadata.get(METADATA_KEY, "{}"))
     if meta.get("format") != ADAPTER_FORMAT:
         if any(k.startswith(("blocks.", COMFY_PREFIX, "condition_embedder.")) for k in source) \
@@ -176,6 +180,9 @@ def load_adapter(path: str | os.PathLike) -> Adapter:
         if not any(".lora_A" in k or ".lora_down" in k for k in source) and LAYER_ADALN_KEY not in source:
             raise CheckpointError(f"{path} is not a LayerT2V adapter: it has no LoRA weights and no "
                                   f"{LAYER_ADALN_KEY} (first keys: {sorted(source)[:5]})")
+        if not any(_normalise_adapter_key(k) == LAYER_ADALN_KEY for k in source):
+            raise CheckpointError(f"{path} is a LoRA without LayerT2V's layer embeddings ({LAYER_ADALN_KEY}), e.g. "
+                                  f"an ordinary Wan LoRA; the adapter slot needs the LayerT2V adapter")
     policy = meta.get("routing_policy", "paper")
     alpha = meta.get("lora_alpha")
 

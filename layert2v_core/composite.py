@@ -99,6 +99,25 @@ def consistency_error(full: torch.Tensor, background: torch.Tensor,
     return (recomposed.float() - full.float()).abs().mean()
 
 
+def fit_background(background: torch.Tensor, frames: int, height: int, width: int) -> torch.Tensor:
+    """A new background [C, T_b, H_b, W_b] made to cover [C, frames, height, width].
+
+    One frame (a still image) is held for every frame; T_b == frames is used as is; frame sizes are resized
+    bilinearly to the layers' size. Any other frame count is an error (trim or extend the clip first).
+    """
+    _check_layer("background", background)
+    if background.dim() != 4:
+        raise ValueError(f"background must be one video [C, T, H, W], got shape {tuple(background.shape)}")
+    count = background.shape[1]
+    if count not in (1, frames):
+        raise ValueError(f"the new background has {count} frames but the layers have {frames}; give one image "
+                         f"(held for every frame) or exactly {frames} frames")
+    if background.shape[-2:] != (height, width):
+        background = torch.nn.functional.interpolate(background.float(), size=(height, width), mode="bilinear",
+                                                     align_corners=False).clamp(0.0, 1.0)
+    return background.expand(-1, frames, -1, -1)
+
+
 def to_straight_rgba(foreground_premultiplied: torch.Tensor, alpha: torch.Tensor,
                      min_alpha: float = MIN_ALPHA) -> torch.Tensor:
     """A generated layer as straight RGBA [..., 4, T, H, W], ready for an alpha-capable video file."""

@@ -7,6 +7,9 @@ The foreground is premultiplied here, in [0, 1] light (transparent pixels become
 
 `decode_layers` returns the same names: full, bg and fg{i} in [-1, 1], the fg{i} *premultiplied* as generated,
 and mask{i} alpha in [0, 1]; `unpremultiply` recovers straight colour where alpha is not ~0.
+
+`encode_videos` / `decode_videos` are the same for one sample in the pipeline's and the nodes' terms: videos
+[C, T, H, W] in [0, 1], foregrounds straight colour, alphas 1 = opaque.
 """
 from __future__ import annotations
 
@@ -15,6 +18,7 @@ from typing import Mapping
 import torch
 
 from . import composite
+from .conditioning import check_kept_layers
 from .layers import LayerSpec
 from .mask_vae import MaskVAE
 from .vae import WanVAE
@@ -79,3 +83,38 @@ def decode_layers(vae: WanVAE, mask_vae: MaskVAE, spec: LayerSpec, latent: torch
         decoder = mask_vae if spec.kind(name) == "mask" else vae
         out[name] = decoder.decode(part, tile=tile)
     return out
+
+
+def check_keep(spec: LayerSpec, keep: Mapping[str, torch.Tensor], frames: int, height: int, width: int) -> None:
+    """Layer names valid for `spec`, each video [C, frames, height, width], and every kept fg with its matte."""
+    check_kept_layers(spec, keep)
+    for name, video in keep.items():
+        channels = 1 if spec.kind(name) == "mask" else 3
+        expected = (channels, frames, height, width)
+        if not isinstance(video, torch.Tensor) or tuple(video.shape) != expected:
+            got = tuple(video.shape) if isinstance(video, torch.Tensor) else type(video).__name__
+            raise ValueError(f"kept layer {name!r} must be a [C, T, H, W] tensor in [0, 1] of shape {expected}, "
+                             f"got {got}")
+        if spec.kind(name) == "fg" and f"mask{spec.foreground_number(name)}" not in keep:
+            raise ValueError(f"keeping {name!r} needs its alpha too: add 'mask{spec.foreground_number(name)}' "
+                             f"(the foreground is premultiplied by it before encoding)")
+
+
+def encode_videos(vae: WanVAE, mask_vae: MaskVAE, spec: LayerSpec, keep: Mapping[str, torch.Tensor],
+                  device: torch.device | str = "cpu", tile: Tiling | tuple[int, int] | None = None,
+                  names: tuple[str, ...] | None = None) -> dict[str, torch.Tensor]:
+    """Latent segments [1, C, T', H', W'] of given layer videos (all of `keep`, or `names`), by name."""
+    batch = {n: v.unsqueeze(0).to(device, torch.float32) for n, v in keep.items()}
+    batch = {n: (v if spec.kind(n) == "mask" else v * 2 - 1) for n, v in batch.items()}  # RGB in [-1, 1]
+    return {name: encode_layer(vae, mask_vae, spec, name, batch, tile=tile) for name in (names or tuple(keep))}
+
+
+def decode_videos(vae: WanVAE, mask_vae: MaskVAE, spec: LayerSpec, latent: torch.Tensor,
+                  device: torch.device | str = "cpu", tile: Tiling | tuple[int, int] | None = None) -> dict:
+    """Serialized latent [1, C, S*T', H', W'] -> full, background, straight foregrounds, alphas (CPU, float32)."""
+    decoded = decode_layers(vae, mask_vae, spec, latent.to(device), tile=tile)
+    layers = {name: (v[0] if spec.kind(name) == "mask" else (v[0] + 1) / 2).clamp(0, 1).float().cpu()
+              for name, v in decoded.items()}
+    numbers = range(1, spec.num_foregrounds + 1)
+    return dict(full=layers["full"], background=layers["bg"], alphas=[layers[f"mask{i}"] for i in numbers],
+                foregrounds=[composite.unpremultiply(layers[f"fg{i}"], layers[f"mask{i}"]) for i in numbers])

@@ -15,9 +15,9 @@ from typing import Callable, Mapping, Sequence
 
 import torch
 
-from .composite import consistency_error, premultiply, unpremultiply
-from .conditioning import check_kept_layers, known_latent
-from .layered_latent import decode_layers, encode_layer
+from .composite import consistency_error, premultiply
+from .conditioning import known_latent
+from .layered_latent import check_keep, decode_videos, encode_videos
 from .layers import LayerSpec
 from .sampling import SOLVERS, cfg_velocity, flow_sigmas, sample, seeded_noise
 from .text import encode_layer_prompts
@@ -99,23 +99,11 @@ class LayerT2VPipeline:
 
     def _check_keep(self, spec: LayerSpec, keep: Mapping[str, torch.Tensor], frames: int, height: int,
                     width: int) -> None:
-        check_kept_layers(spec, keep)
-        for name, video in keep.items():
-            channels = 1 if spec.kind(name) == "mask" else 3
-            expected = (channels, frames, height, width)
-            if not isinstance(video, torch.Tensor) or tuple(video.shape) != expected:
-                got = tuple(video.shape) if isinstance(video, torch.Tensor) else type(video).__name__
-                raise ValueError(f"kept layer {name!r} must be a [C, T, H, W] tensor in [0, 1] of shape {expected}, "
-                                 f"got {got}")
-            if spec.kind(name) == "fg" and f"mask{spec.foreground_number(name)}" not in keep:
-                raise ValueError(f"keeping {name!r} needs its alpha too: add 'mask{spec.foreground_number(name)}' "
-                                 f"(the foreground is premultiplied by it before encoding)")
+        check_keep(spec, keep, frames, height, width)
 
     def encode_layer(self, spec: LayerSpec, name: str, keep: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """The latent segment [1, C, T', H', W'] of one given layer (videos in [0, 1], fg straight)."""
-        batch = {n: v.unsqueeze(0).to(self.device, torch.float32) for n, v in keep.items()}
-        batch = {n: (v if spec.kind(n) == "mask" else v * 2 - 1) for n, v in batch.items()}  # RGB in [-1, 1]
-        return encode_layer(self.vae, self.mask_vae, spec, name, batch, tile=self.vae_tile)
+        return encode_videos(self.vae, self.mask_vae, spec, keep, self.device, self.vae_tile, names=(name,))[name]
 
     @torch.no_grad()
     def __call__(self, prompt: str, background: str = "", foregrounds: Sequence[str] = ("",), negative: str = "", *,
@@ -165,11 +153,5 @@ class LayerT2VPipeline:
 
     def decode(self, spec: LayerSpec, latent: torch.Tensor) -> dict:
         """Decode a serialized latent [1, C, S*T', H', W'] into full, background, straight foregrounds, alphas."""
-        decoded = decode_layers(self.vae, self.mask_vae, spec, latent.to(self.device), tile=self.vae_tile)
-        layers = {name: (v[0] if spec.kind(name) == "mask" else (v[0] + 1) / 2).clamp(0, 1).float().cpu()
-                  for name, v in decoded.items()}
-        numbers = range(1, spec.num_foregrounds + 1)
-        alphas = [layers[f"mask{i}"] for i in numbers]
-        foregrounds = [unpremultiply(layers[f"fg{i}"], layers[f"mask{i}"]) for i in numbers]
-        return dict(full=layers["full"], background=layers["bg"], foregrounds=foregrounds, alphas=alphas)
+        return decode_videos(self.vae, self.mask_vae, spec, latent, self.device, self.vae_tile)
 

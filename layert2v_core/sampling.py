@@ -63,6 +63,38 @@ def flow_sigmas(steps: int = DEFAULT_STEPS, shift: float = DEFAULT_SHIFT,
     return sigmas
 
 
+def partial_flow_sigmas(steps: int = DEFAULT_STEPS, shift: float = DEFAULT_SHIFT, denoise: float = 1.0) -> torch.Tensor:
+    """The last `steps` steps of a schedule of round(steps / denoise) steps: denoise < 1 starts part-way down.
+
+    As ComfyUI's `denoise`: 1 is the full schedule from (almost) pure noise, 0.5 starts at the schedule's midpoint.
+    """
+    if isinstance(denoise, bool) or not isinstance(denoise, (int, float)) or not 0 < denoise <= 1:
+        raise ValueError(f"denoise must be a number in (0, 1] (1 generates from noise), got {denoise!r}")
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
+    full = flow_sigmas(max(steps, round(steps / denoise)), shift)
+    return full[-(steps + 1):].clone()
+
+
+def solver_sigmas(sigmas: torch.Tensor | Sequence[float], solver: str) -> torch.Tensor:
+    """Sigmas from elsewhere (e.g. a ComfyUI scheduler, which starts at exactly 1) made usable by `solver`.
+
+    Multistep solvers need a finite log-SNR, so a first sigma >= 1 becomes Wan's own start, WAN_SIGMA_MAX.
+    """
+    sig = torch.as_tensor(sigmas, dtype=torch.float64).flatten().cpu().clone()
+    if solver != "euler" and sig.numel() > 1 and sig[0].item() >= 1.0 > sig[1].item():
+        sig[0] = max(WAN_SIGMA_MAX, sig[1].item() + (1.0 - sig[1].item()) / 2)
+    return sig
+
+
+def denoiser_from_velocity(velocity_fn: VelocityFn) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """A k-diffusion style denoiser D(x, sigma) = x - sigma * v(x, sigma) (sigma a tensor [B], all equal)."""
+    def denoise(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        level = float(torch.as_tensor(sigma).flatten()[0])
+        return x - level * velocity_fn(x, level).to(x.dtype)
+    return denoise
+
+
 def timesteps_from_sigmas(sigmas: torch.Tensor) -> torch.Tensor:
     """The model's timestep input for each sigma: sigma * 1000 (float; Wan itself truncates to integers)."""
     return torch.as_tensor(sigmas, dtype=torch.float64) * TIMESTEP_SCALE
@@ -327,7 +359,8 @@ def _check_sample_inputs(velocity_fn, noise, sigmas, solver, callback, known, st
 @torch.no_grad()
 def sample(velocity_fn: VelocityFn, noise: torch.Tensor, sigmas: torch.Tensor | Sequence[float],
            solver: str = "unipc", callback: Callback | None = None,
-           known: tuple[torch.Tensor, torch.Tensor] | None = None, strength: float = 0.0) -> torch.Tensor:
+           known: tuple[torch.Tensor, torch.Tensor] | None = None, strength: float = 0.0,
+           start: torch.Tensor | None = None) -> torch.Tensor:
     """Integrate the flow ODE from `noise` (the sample at sigmas[0], as Wan starts) to sigma 0; returns the latent.
 
     velocity_fn(x, sigma) -> v, sigma a python float (the model's timestep is sigma * 1000).
@@ -337,6 +370,8 @@ def sample(velocity_fn: VelocityFn, noise: torch.Tensor, sigmas: torch.Tensor | 
     strength 0 keeps those entries on the known trajectory all the way and returns `latent` there exactly;
     strength s releases them once the noise level falls below s, letting the model refine them over the last part
     of the schedule (1 regenerates them). A float mask blends the two: x * (1 - m) + target * m.
+    start: a latent to begin from instead of pure noise, renoised to sigmas[0] as (1 - s0) * start + s0 * noise
+    (partial denoising, with `partial_flow_sigmas`).
     """
     sig, known_latent, mask = _check_sample_inputs(velocity_fn, noise, sigmas, solver, callback, known, strength)
     sigma_list = sig.tolist()
@@ -351,7 +386,15 @@ def sample(velocity_fn: VelocityFn, noise: torch.Tensor, sigmas: torch.Tensor | 
             return torch.where(mask, target, x)
         return x * (1 - mask) + target * mask
 
-    x = hold_known(noise.clone(), sigma_list[0])
+    if start is None:
+        x = noise.clone()
+    else:
+        if not isinstance(start, torch.Tensor) or start.shape != noise.shape:
+            raise ValueError(f"start latent must have the noise shape {tuple(noise.shape)}, got "
+                             f"{tuple(getattr(start, 'shape', ()))}")
+        start = start.to(device=noise.device, dtype=noise.dtype)
+        x = (1.0 - sigma_list[0]) * start + sigma_list[0] * noise
+    x = hold_known(x, sigma_list[0])
     for i in range(total):
         sigma = sigma_list[i]
         velocity = velocity_fn(x, sigma)

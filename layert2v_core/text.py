@@ -168,15 +168,39 @@ def encode_layer_prompts(encoder: TextEncoder, spec: LayerSpec, full: str, bg: s
                          negative: str = "") -> LayeredContext:
     """Encode one sample's prompts for the layered DiT (batch of 1; see `batch_layered_contexts`)."""
     prompts = layer_prompts(spec, full, bg, foregrounds)
-    _check_prompts([negative])
-    negative = negative if negative.strip() else WAN_NEGATIVE_PROMPT
+    negative = negative_prompt(negative)
     *positive, negative_tokens = encoder.encode_tokens([*prompts, negative])
+    return pack_layer_contexts(spec, prompts, positive, negative, negative_tokens)
+
+
+def negative_prompt(text: str) -> str:
+    """The negative prompt to encode: `text`, or Wan's default when it is empty."""
+    _check_prompts([text])
+    return text if text.strip() else WAN_NEGATIVE_PROMPT
+
+
+def pack_layer_contexts(spec: LayerSpec, prompts: Sequence[str], positive: Sequence[torch.Tensor], negative: str,
+                        negative_tokens: torch.Tensor, min_rows: int = TEXT_LEN) -> LayeredContext:
+    """Pack per-prompt real-token embeddings [tokens_i, dim] (in `spec.prompts` order) into a LayeredContext.
+
+    Whatever encoded them (our TextEncoder, ComfyUI's CLIP), the layout is the same: real tokens back to back,
+    zero rows after, at least `min_rows` rows; the negative side repeats `negative_tokens` once per prompt slot.
+    """
+    if len(positive) != spec.num_prompts or len(prompts) != spec.num_prompts:
+        raise ValueError(f"expected {spec.num_prompts} prompt embeddings for {list(spec.prompts)}, got "
+                         f"{len(positive)} embeddings and {len(prompts)} texts")
+    dims = {t.shape[-1] for t in [*positive, negative_tokens]}
+    if len(dims) != 1 or any(t.dim() != 2 for t in [*positive, negative_tokens]):
+        raise ValueError(f"prompt embeddings must all be [tokens, dim] with one dim, got "
+                         f"{[tuple(t.shape) for t in [*positive, negative_tokens]]}")
+    dim = dims.pop()
+    first = positive[0]
     negatives = [negative_tokens] * spec.num_prompts
-    rows = max(TEXT_LEN, sum(len(p) for p in positive), sum(len(n) for n in negatives))
-    context = _pad_rows([torch.cat(positive)], rows, encoder.dim, encoder.dtype, encoder.device)
-    negative_context = _pad_rows([torch.cat(negatives)], rows, encoder.dim, encoder.dtype, encoder.device)
-    result = LayeredContext(context, _lengths([positive], encoder.device), negative_context,
-                            _lengths([negatives], encoder.device), (prompts,), (negative,))
+    rows = max(min_rows, sum(len(p) for p in positive), sum(len(n) for n in negatives))
+    context = _pad_rows([torch.cat(list(positive))], rows, dim, first.dtype, first.device)
+    negative_context = _pad_rows([torch.cat(negatives)], rows, dim, first.dtype, first.device)
+    result = LayeredContext(context, _lengths([positive], first.device), negative_context,
+                            _lengths([negatives], first.device), (tuple(prompts),), (negative,))
     spec.check_prompt_lens(result.prompt_lens, rows)
     spec.check_prompt_lens(result.negative_prompt_lens, rows)
     return result

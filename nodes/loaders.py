@@ -1,0 +1,144 @@
+"""Loader nodes: the LayerT2V DiT (+ adapter), the RGB and alpha VAEs, the umt5 text encoder."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from layert2v_core.checkpoints import load_dit
+from layert2v_core.mask_vae import load_mask_vae
+from layert2v_core.text import load_text_encoder
+from layert2v_core.vae import load_vae
+from layert2v_core.vae_tiling import Tiling
+
+from . import host
+from .common import (CATEGORY, DTYPES, MODEL, OFFLOAD_CHOICES, TEXT_ENCODER, VAE, LoadedModel, LoadedVAE,
+                     readable_errors)
+
+NONE = "none"
+
+
+def _adapter_choices() -> list[str]:
+    return list(dict.fromkeys(host.list_models(host.ADAPTER_KIND) + host.list_models("loras")))
+
+
+def _adapter_path(name: str) -> Path:
+    """Our kind first, then loras; an official PEFT folder is picked through its adapter_model file."""
+    try:
+        path = host.model_path(host.ADAPTER_KIND, name)
+    except FileNotFoundError:
+        path = host.model_path("loras", name)
+    if path.name.startswith("adapter_model") and (path.parent / "adapter_config.json").is_file():
+        return path.parent
+    return path
+
+
+class LayerT2VModelLoader:
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "model_name": (host.list_models("diffusion_models"), {
+                "tooltip": "Wan2.1 T2V 1.3B from models/diffusion_models: the original, ComfyUI (fp16/bf16/fp8) or "
+                           "diffusers layout, or a merged LayerT2V checkpoint."}),
+            "adapter_name": ([NONE] + _adapter_choices(), {
+                "tooltip": "LayerT2V adapter from models/layert2v (or models/loras): the official PEFT folder's "
+                           "adapter_model file or a LayerT2V .safetensors adapter. 'none' for a merged model."}),
+            "weight_dtype": (list(DTYPES), {
+                "default": "default",
+                "tooltip": "Compute dtype of the weights. 'default' keeps the file's dtype (fp8 files run in bf16)."}),
+            "offload": (list(OFFLOAD_CHOICES), {
+                "default": "offload between runs",
+                "tooltip": "keep on GPU: fastest, holds VRAM between runs. offload between runs: on the GPU only while "
+                           "sampling. block by block: one transformer block on the GPU at a time, for small cards."}),
+        }}
+
+    RETURN_TYPES = (MODEL,)
+    RETURN_NAMES = ("model",)
+    OUTPUT_TOOLTIPS = ("The LayerT2V DiT for the Layered Sampler.",)
+    FUNCTION = "load"
+    CATEGORY = CATEGORY
+    DESCRIPTION = "Loads the Wan2.1 DiT with the LayerT2V adapter (LayerAdaLN + layered cross-attention)."
+
+    def load(self, model_name: str, adapter_name: str, weight_dtype: str, offload: str):
+        with readable_errors("Load LayerT2V Model"):
+            if offload not in OFFLOAD_CHOICES:
+                raise ValueError(f"offload must be one of {list(OFFLOAD_CHOICES)}, got {offload!r}")
+            path = host.model_path("diffusion_models", model_name)
+            adapter = None if adapter_name == NONE else _adapter_path(adapter_name)
+            dit = load_dit(path, dtype=DTYPES[weight_dtype], device=host.offload_device(), adapter=adapter)
+        return (LoadedModel(dit, offload, model_name),)
+
+
+class LayerT2VVAELoader:
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "vae_name": (host.list_models("vae"), {
+                "tooltip": "Wan2.1 VAE from models/vae (wan_2.1_vae.safetensors or Wan2.1_VAE.pth)."}),
+            "alpha_vae_name": (list(dict.fromkeys(host.list_models(host.ADAPTER_KIND) + host.list_models("vae"))), {
+                "tooltip": "LayerT2V alpha-matte VAE adapter from models/layert2v (or models/vae): the official "
+                           "mask_vae_lora.pt or a LayerT2V mask VAE .safetensors. It shares the RGB VAE's weights."}),
+            "tiling": (["off", "on"], {
+                "default": "off",
+                "tooltip": "Encode/decode in overlapping spatial tiles to bound VRAM (slightly slower; seams are "
+                           "blended)."}),
+            "tile_size": ("INT", {"default": 256, "min": 64, "max": 4096, "step": 8,
+                                  "tooltip": "Tile side in pixels (multiple of 8), used when tiling is on."}),
+            "tile_overlap": ("INT", {"default": 64, "min": 0, "max": 2048, "step": 8,
+                                     "tooltip": "Overlap between tiles in pixels (multiple of 8, below the tile "
+                                                "size)."}),
+        }}
+
+    RETURN_TYPES = (VAE,)
+    RETURN_NAMES = ("vae",)
+    OUTPUT_TOOLTIPS = ("RGB + alpha VAEs for encoding and decoding layers.",)
+    FUNCTION = "load"
+    CATEGORY = CATEGORY
+    DESCRIPTION = "Loads the Wan2.1 video VAE and the LayerT2V alpha-matte VAE on top of it."
+
+    def load(self, vae_name: str, alpha_vae_name: str, tiling: str, tile_size: int, tile_overlap: int):
+        with readable_errors("Load LayerT2V VAE"):
+            tile = Tiling(tile_size, tile_overlap) if tiling == "on" else None
+            vae = load_vae(host.model_path("vae", vae_name), device=host.offload_device())
+            try:
+                alpha_path = host.model_path(host.ADAPTER_KIND, alpha_vae_name)
+            except FileNotFoundError:
+                alpha_path = host.model_path("vae", alpha_vae_name)
+            mask_vae = load_mask_vae(vae, alpha_path)
+        return (LoadedVAE(vae, mask_vae, tile),)
+
+
+class LayerT2VTextEncoderLoader:
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "text_encoder_name": (host.list_models("text_encoders"), {
+                "tooltip": "umt5-xxl from models/text_encoders: umt5_xxl_fp16 / umt5_xxl_fp8_e4m3fn_scaled "
+                           "(ComfyUI's files) or Wan's models_t5_umt5-xxl-enc-bf16.pth."}),
+            "dtype": (list(DTYPES), {"default": "default",
+                                     "tooltip": "Compute dtype; 'default' keeps the file's (fp8 files run in bf16)."}),
+        }}
+
+    RETURN_TYPES = (TEXT_ENCODER,)
+    RETURN_NAMES = ("text_encoder",)
+    OUTPUT_TOOLTIPS = ("The umt5 encoder for Layer Text Encode.",)
+    FUNCTION = "load"
+    CATEGORY = CATEGORY
+    DESCRIPTION = ("Loads umt5-xxl for LayerT2V prompts. Already using ComfyUI's Load CLIP (type wan)? Connect that "
+                   "CLIP to Layer Text Encode instead and skip this loader.")
+
+    def load(self, text_encoder_name: str, dtype: str):
+        with readable_errors("Load LayerT2V Text Encoder"):
+            encoder = load_text_encoder(host.model_path("text_encoders", text_encoder_name), dtype=DTYPES[dtype],
+                                        device=host.offload_device())
+        return (encoder,)
+
+
+NODE_CLASS_MAPPINGS = {
+    "LayerT2VModelLoader": LayerT2VModelLoader,
+    "LayerT2VVAELoader": LayerT2VVAELoader,
+    "LayerT2VTextEncoderLoader": LayerT2VTextEncoderLoader,
+}
+NODE_DISPLAY_NAME_MAPPINGS = {
+    "LayerT2VModelLoader": "Load LayerT2V Model",
+    "LayerT2VVAELoader": "Load LayerT2V VAE",
+    "LayerT2VTextEncoderLoader": "Load LayerT2V Text Encoder",
+}

@@ -1,0 +1,186 @@
+"""The example workflows: API graphs run through the node classes on tiny models, UI graphs name real nodes with
+valid widget values, and the template-browser copies match what workflows/build.py writes."""
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from layert2v_core.layers import LayerSpec
+from nodes import NODE_CLASS_MAPPINGS
+from workflows.build import CORE_NODES, WORKFLOWS, is_widget, node_inputs, node_outputs, rendered
+
+ROOT = Path(__file__).resolve().parent.parent
+# Small sizes so every graph runs in seconds on a CPU (one frame: the VAE dominates the time and the 5-frame path is
+# covered by tests/test_nodes.py); everything else runs as written.
+FAST = {"LayerT2VEmptyLatent": {"width": 16, "height": 16, "frames": 1},
+        "LayerT2VSampler": {"steps": 2},
+        "EmptyImage": {"width": 24, "height": 20}}
+
+
+class _EmptyImage:
+    def run(self, width, height, batch_size, color):
+        rgb = torch.tensor([(color >> 16) & 255, (color >> 8) & 255, color & 255]) / 255
+        return (rgb.expand(batch_size, height, width, 3).clone(),)
+
+
+class _JoinImageWithAlpha:
+    def run(self, image, alpha):
+        return (torch.cat([image[..., :3], (1 - alpha).unsqueeze(-1)], dim=-1),)
+
+
+class _SaveAnimatedWEBP:
+    saved: list = []
+
+    def run(self, images, **widgets):
+        assert images.dim() == 4 and images.shape[-1] in (3, 4)
+        self.saved.append(images)
+        return {"ui": {"images": []}}
+
+
+# Stand-ins for the three core nodes the workflows use (same inputs and outputs as ComfyUI's own).
+CORE = {"EmptyImage": _EmptyImage, "JoinImageWithAlpha": _JoinImageWithAlpha, "SaveAnimatedWEBP": _SaveAnimatedWEBP}
+assert set(CORE) == set(CORE_NODES)
+
+
+def check_value(where: str, kind, options: dict, value) -> None:
+    """A literal input value against its declared widget."""
+    if isinstance(kind, list):
+        assert value in kind, f"{where}: {value!r} is not one of {kind}"
+    elif kind == "INT":
+        assert isinstance(value, int) and not isinstance(value, bool), f"{where}: {value!r} is not an INT"
+    elif kind == "FLOAT":
+        assert isinstance(value, (int, float)) and not isinstance(value, bool), f"{where}: {value!r} not a FLOAT"
+    elif kind == "STRING":
+        assert isinstance(value, str), f"{where}: {value!r} is not a STRING"
+    elif kind == "BOOLEAN":
+        assert isinstance(value, bool), f"{where}: {value!r} is not a BOOLEAN"
+    if kind in ("INT", "FLOAT"):
+        assert options.get("min", value) <= value <= options.get("max", value), f"{where}: {value} out of range"
+
+
+def run_api_graph(graph: dict) -> dict:
+    """Execute an API-format graph: links resolved in dependency order, every link and literal type-checked."""
+    results: dict = {}
+
+    def output_type(link) -> str:
+        node = graph[link[0]]
+        return node_outputs(node["class_type"], NODE_CLASS_MAPPINGS)[link[1]][1]
+
+    def execute(key: str, stack=()):
+        if key in results:
+            return results[key]
+        assert key not in stack, f"cycle through node {key}"
+        node = graph[key]
+        class_type = node["class_type"]
+        kwargs = {}
+        declared = node_inputs(class_type, NODE_CLASS_MAPPINGS)
+        required = set(NODE_CLASS_MAPPINGS[class_type].INPUT_TYPES()["required"]) if class_type in \
+            NODE_CLASS_MAPPINGS else {name for name, _, _ in declared}
+        unknown = set(node["inputs"]) - {name for name, _, _ in declared}
+        assert not unknown, f"node {key} ({class_type}) has unknown inputs {unknown}"
+        for name, kind, options in declared:
+            where = f"node {key} ({class_type}).{name}"
+            if name not in node["inputs"]:
+                assert name not in required, f"{where} is required but missing"
+                continue
+            value = node["inputs"][name]
+            if isinstance(value, list) and not is_widget(kind):
+                assert output_type(value) == kind, f"{where}: linked {output_type(value)}, expects {kind}"
+                value = execute(value[0], stack + (key,))[value[1]]
+            else:
+                check_value(where, kind, options or {}, value)
+                value = FAST.get(class_type, {}).get(name, value)
+            kwargs[name] = value
+        if class_type in CORE:
+            out = CORE[class_type]().run(**kwargs)
+        else:
+            cls = NODE_CLASS_MAPPINGS[class_type]
+            out = getattr(cls(), cls.FUNCTION)(**kwargs)
+        if isinstance(out, dict):  # output nodes
+            out = out.get("result", ())
+        results[key] = out
+        return out
+
+    for key in graph:
+        execute(key)
+    return results
+
+
+def load_api(name: str) -> dict:
+    return json.loads((ROOT / "workflows" / "api" / f"{name}.json").read_text())
+
+
+_RUNS: dict = {}
+
+
+def run_once(name: str, output: Path) -> tuple[dict, dict, set]:
+    """(graph, results, names of the files it wrote), computed once per workflow for all tests here."""
+    if name not in _RUNS:
+        before = set(output.rglob("*"))
+        graph = load_api(name)
+        results = run_api_graph(graph)
+        _RUNS[name] = graph, results, {p.name for p in set(output.rglob("*")) - before}
+    return _RUNS[name]
+
+
+@pytest.mark.parametrize("name", list(WORKFLOWS))
+def test_api_workflow_runs(name, comfy_folders):
+    graph, results, written = run_once(name, comfy_folders[1])
+    for key, node in graph.items():
+        if node["class_type"] == "LayerT2VDecodeLayers":
+            full, background, foreground, alpha, rgba, layers = results[key]
+            frames = FAST["LayerT2VEmptyLatent"]["frames"]
+            assert full.shape == background.shape == foreground.shape == (frames, 16, 16, 3)
+            assert alpha.shape == (frames, 16, 16) and rgba.shape == (frames, 16, 16, 4)
+            assert torch.isfinite(rgba).all() and 0 <= float(alpha.min()) and float(alpha.max()) <= 1
+        if node["class_type"] == "LayerT2VComposite":
+            assert results[key][0].shape == (1, 16, 16, 3)
+    if any(n["class_type"] == "LayerT2VSaveLayers" for n in graph.values()):
+        assert {"manifest.json", "full.mp4", "background.mp4", "fg1.mp4", "alpha1.mp4", "fg1_rgba.webm",
+                "preview.webp"} <= written
+
+
+def test_kept_foreground_workflow_keeps_the_foreground(comfy_folders):
+    """The second pass ends exactly on the encoded foreground and alpha (strength 0) and generates the rest anew."""
+    graph, results, _ = run_once("layert2v_new_background_kept_foreground", comfy_folders[1])
+    kept, generated = results["8"][0], results["11"][0]
+    assert kept["layert2v"]["kept"] == ["fg1", "mask1"]
+    spec = LayerSpec(1)
+    kept_parts, new_parts = spec.split(kept["samples"]), spec.split(generated["samples"])
+    for name in ("fg1", "mask1"):
+        assert torch.allclose(new_parts[name], kept_parts[name], atol=1e-5)
+    assert not torch.allclose(new_parts["bg"], spec.split(results["6"][0]["samples"])["bg"], atol=1e-3)
+
+
+@pytest.mark.parametrize("name", list(WORKFLOWS))
+def test_ui_workflow_names_real_nodes_with_valid_widgets(name):
+    ui = json.loads((ROOT / "workflows" / "ui" / f"{name}.json").read_text())
+    by_id = {node["id"]: node for node in ui["nodes"]}
+    for node in ui["nodes"]:
+        class_type = node["type"]
+        assert class_type in NODE_CLASS_MAPPINGS or class_type in CORE_NODES, f"unknown node {class_type}"
+        expected = []
+        for input_name, kind, options in node_inputs(class_type, NODE_CLASS_MAPPINGS):
+            if is_widget(kind):
+                expected.append((input_name, kind, options or {}))
+                if (options or {}).get("control_after_generate"):
+                    expected.append((input_name + " control", ["fixed", "increment", "decrement", "randomize"], {}))
+        values = node["widgets_values"]
+        assert len(values) == len(expected), f"{class_type}: {len(values)} widget values for {len(expected)} widgets"
+        for (input_name, kind, options), value in zip(expected, values):
+            check_value(f"{class_type}.{input_name}", kind, options, value)
+    for link_id, source, slot, target, target_slot, kind in ui["links"]:
+        out = by_id[source]["outputs"][slot]
+        into = by_id[target]["inputs"][target_slot]
+        assert out["type"] == into["type"] == kind and link_id in out["links"] and into["link"] == link_id
+
+
+def test_workflow_files_match_their_definition():
+    """workflows/api, workflows/ui and the template browser's example_workflows/ are what build.py writes."""
+    for relative, text in rendered(NODE_CLASS_MAPPINGS).items():
+        path = ROOT / relative
+        assert path.is_file(), f"{relative} is missing; run python workflows/build.py"
+        assert path.read_text(encoding="utf-8") == text, f"{relative} is stale; run python workflows/build.py"
+    listed = {p.name for p in (ROOT / "example_workflows").glob("*.json")}
+    assert listed == {f"{name}.json" for name in WORKFLOWS}

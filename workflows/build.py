@@ -1,0 +1,234 @@
+"""The example workflows, defined once here and written in both ComfyUI formats.
+
+    python workflows/build.py          # rewrite workflows/api, workflows/ui and example_workflows/
+
+API format (workflows/api/*.json) is what POST /prompt takes; UI format (workflows/ui/*.json) is what the editor
+loads by drag and drop. example_workflows/ (ComfyUI's template browser folder) holds copies of the UI files: real
+files rather than symlinks, which Windows checkouts turn into plain text; tests/test_workflows.py fails if any
+copy differs from what this script writes. The API and UI files are kept in sub-folders because ComfyUI lists
+every *.json directly inside a node pack's workflows/ folder as a template.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# Files as ComfyUI users name them; the tests and the server check put tiny models under these names.
+DIT = "wan2.1_t2v_1.3B_fp16.safetensors"
+ADAPTER = "layert2v_adapter.safetensors"
+VAE = "wan_2.1_vae.safetensors"
+ALPHA_VAE = "layert2v_mask_vae.safetensors"
+TEXT_ENCODER = "umt5_xxl_fp8_e4m3fn_scaled.safetensors"
+
+# The core ComfyUI nodes these workflows use: (input name, type, widget options) in order, and output types.
+CORE_NODES = {
+    "EmptyImage": {"inputs": [("width", "INT", {}), ("height", "INT", {}), ("batch_size", "INT", {}),
+                              ("color", "INT", {})], "outputs": ["IMAGE"]},
+    "SaveAnimatedWEBP": {"inputs": [("images", "IMAGE", None), ("filename_prefix", "STRING", {}),
+                                    ("fps", "FLOAT", {}), ("lossless", "BOOLEAN", {}), ("quality", "INT", {}),
+                                    ("method", ["default", "fastest", "slowest"], {})], "outputs": []},
+    "JoinImageWithAlpha": {"inputs": [("image", "IMAGE", None), ("alpha", "MASK", None)], "outputs": ["IMAGE"]},
+}
+WIDGET_TYPES = ("INT", "FLOAT", "STRING", "BOOLEAN", "COMBO")
+
+
+def _loaders() -> dict:
+    return {
+        "1": {"class_type": "LayerT2VModelLoader",
+              "inputs": {"model_name": DIT, "adapter_name": ADAPTER, "weight_dtype": "default",
+                         "offload": "offload between runs"}},
+        "2": {"class_type": "LayerT2VVAELoader",
+              "inputs": {"vae_name": VAE, "alpha_vae_name": ALPHA_VAE, "tiling": "off", "tile_size": 256,
+                         "tile_overlap": 64}},
+        "3": {"class_type": "LayerT2VTextEncoderLoader",
+              "inputs": {"text_encoder_name": TEXT_ENCODER, "dtype": "default"}},
+    }
+
+
+def _generation(first: int, n: int, full: str, bg: str, fgs: list[str], seed: int, latent=None) -> dict:
+    """Text encode, (empty latent), sampler and decode nodes numbered from `first`."""
+    ids = [str(first + i) for i in range(4)]
+    text, empty, sampler, decode = ids
+    graph = {
+        text: {"class_type": "LayerT2VTextEncode",
+               "inputs": {"num_foregrounds": n, "full_prompt": full, "background_prompt": bg,
+                          "foreground_1": fgs[0], "foreground_2": fgs[1] if n > 1 else "",
+                          "foreground_3": fgs[2] if n > 2 else "", "negative_prompt": "",
+                          "text_encoder": ["3", 0]}},
+        sampler: {"class_type": "LayerT2VSampler",
+                  "inputs": {"model": ["1", 0], "conditioning": [text, 0], "latent": latent or [empty, 0],
+                             "seed": seed, "steps": 30, "cfg": 5.0, "shift": 5.0, "solver": "unipc",
+                             "routing": "checkpoint", "denoise": 1.0}},
+        decode: {"class_type": "LayerT2VDecodeLayers",
+                 "inputs": {"vae": ["2", 0], "latent": [sampler, 0], "foreground_index": 1}},
+    }
+    if latent is None:
+        graph[empty] = {"class_type": "LayerT2VEmptyLatent",
+                        "inputs": {"width": 672, "height": 384, "frames": 41, "num_foregrounds": n}}
+    return graph
+
+
+def _save_layers(node_id: str, layers: list, prefix: str) -> dict:
+    return {node_id: {"class_type": "LayerT2VSaveLayers",
+                      "inputs": {"layers": layers, "filename_prefix": prefix, "fps": 16.0,
+                                 "rgba_format": "webm (VP9 alpha)"}}}
+
+
+def _save_webp(node_id: str, images: list, prefix: str) -> dict:
+    return {node_id: {"class_type": "SaveAnimatedWEBP",
+                      "inputs": {"images": images, "filename_prefix": prefix, "fps": 16.0, "lossless": False,
+                                 "quality": 90, "method": "default"}}}
+
+
+def text_to_layers() -> dict:
+    graph = {**_loaders(), **_generation(4, 1, "a red fox trotting across a snowy meadow at sunrise",
+                                         "a snowy meadow at sunrise", ["a red fox trotting"], seed=42)}
+    graph.update(_save_layers("8", ["7", 5], "LayerT2V/fox"))
+    graph.update(_save_webp("9", ["7", 4], "LayerT2V/fox_rgba"))  # the RGBA IMAGE into a core save node
+    return graph
+
+
+def two_foregrounds() -> dict:
+    graph = {**_loaders(), **_generation(4, 2, "a dog and a cat playing on a wooden porch",
+                                         "an empty wooden porch in the afternoon", ["a brown dog", "a grey cat"],
+                                         seed=7)}
+    graph.update(_save_layers("8", ["7", 5], "LayerT2V/porch"))
+    graph["9"] = {"class_type": "LayerT2VDecodeLayers",
+                  "inputs": {"vae": ["2", 0], "latent": ["6", 0], "foreground_index": 2}}
+    # MASK is 1 - alpha, so core Join Image with Alpha rebuilds the RGBA of foreground 2 directly.
+    graph["10"] = {"class_type": "JoinImageWithAlpha", "inputs": {"image": ["9", 2], "alpha": ["9", 3]}}
+    graph.update(_save_webp("11", ["10", 0], "LayerT2V/porch_cat_rgba"))
+    return graph
+
+
+def background_replacement() -> dict:
+    graph = {**_loaders(), **_generation(4, 1, "a hot air balloon drifting over green hills",
+                                         "green rolling hills under a blue sky", ["a colourful hot air balloon"],
+                                         seed=3)}
+    # Any IMAGE batch works here: Load Image, a loaded video's frames ...; a solid colour keeps the example offline.
+    graph["8"] = {"class_type": "EmptyImage", "inputs": {"width": 672, "height": 384, "batch_size": 1,
+                                                         "color": 0xF0A040}}
+    graph["9"] = {"class_type": "LayerT2VComposite", "inputs": {"layers": ["7", 5], "background": ["8", 0]}}
+    graph.update(_save_webp("10", ["9", 0], "LayerT2V/balloon_new_background"))
+    return graph
+
+
+def new_background_kept_foreground() -> dict:
+    graph = {**_loaders(), **_generation(4, 1, "a person walking a dog along a beach",
+                                         "a sandy beach with waves", ["a person walking a dog"], seed=11)}
+    # Keep the first pass's foreground and its alpha (LoadImage's IMAGE + MASK of an RGBA clip plug in the same way).
+    graph["8"] = {"class_type": "LayerT2VEncodeLayers",
+                  "inputs": {"vae": ["2", 0], "latent": ["5", 0], "strength": 0.0, "foreground_1": ["7", 2],
+                             "alpha_1": ["7", 3]}}
+    graph.update(_generation(9, 1, "a person walking a dog along a city street at night",
+                             "a city street at night with neon signs", ["a person walking a dog"], seed=12,
+                             latent=["8", 0]))
+    graph.update(_save_layers("13", ["12", 5], "LayerT2V/new_background"))
+    return graph
+
+
+WORKFLOWS = {
+    "layert2v_text_to_layers": text_to_layers,
+    "layert2v_two_foregrounds": two_foregrounds,
+    "layert2v_background_replacement": background_replacement,
+    "layert2v_new_background_kept_foreground": new_background_kept_foreground,
+}
+
+
+# ---- UI format ----
+
+def node_inputs(class_type: str, node_classes: dict) -> list[tuple[str, object, dict | None]]:
+    """(name, type, options) of every input in declaration order; type is a string or a combo list."""
+    if class_type in CORE_NODES:
+        return list(CORE_NODES[class_type]["inputs"])
+    spec = node_classes[class_type].INPUT_TYPES()
+    out = []
+    for section in ("required", "optional"):
+        for name, entry in spec.get(section, {}).items():
+            out.append((name, entry[0], entry[1] if len(entry) > 1 else {}))
+    return out
+
+
+def node_outputs(class_type: str, node_classes: dict) -> list[tuple[str, str]]:
+    if class_type in CORE_NODES:
+        return [(t, t) for t in CORE_NODES[class_type]["outputs"]]
+    cls = node_classes[class_type]
+    names = getattr(cls, "RETURN_NAMES", None) or cls.RETURN_TYPES
+    return list(zip(names, cls.RETURN_TYPES))
+
+
+def is_widget(kind) -> bool:
+    return isinstance(kind, list) or kind in WIDGET_TYPES
+
+
+def ui_workflow(api: dict, node_classes: dict) -> dict:
+    """The editor's format for an API graph: nodes with widget values in input order, links by slot."""
+    ids = {key: i + 1 for i, key in enumerate(api)}
+    links, nodes = [], []
+    outgoing: dict[tuple[int, int], list[int]] = {}
+    for key, node in api.items():
+        for name, kind, _ in node_inputs(node["class_type"], node_classes):
+            value = node["inputs"].get(name)
+            if isinstance(value, list) and not is_widget(kind):
+                link_id = len(links) + 1
+                source, slot = ids[value[0]], value[1]
+                links.append([link_id, source, slot, ids[key], None, None])
+                outgoing.setdefault((source, slot), []).append(link_id)
+    link_at = {}
+    for link in links:
+        link_at.setdefault(link[3], []).append(link)
+    for order, (key, node) in enumerate(api.items()):
+        class_type, number = node["class_type"], ids[key]
+        inputs, widgets = [], []
+        pending = list(link_at.get(number, []))
+        for name, kind, options in node_inputs(class_type, node_classes):
+            value = node["inputs"].get(name)
+            if is_widget(kind):
+                widgets.append(value)
+                if (options or {}).get("control_after_generate"):
+                    widgets.append("fixed")
+                continue
+            link_id = None
+            if isinstance(value, list):
+                link = pending.pop(0)
+                link[4], link[5] = len(inputs), kind
+                link_id = link[0]
+            inputs.append({"name": name, "type": kind, "link": link_id})
+        outputs = [{"name": name, "type": kind, "links": outgoing.get((number, slot), []), "slot_index": slot}
+                   for slot, (name, kind) in enumerate(node_outputs(class_type, node_classes))]
+        nodes.append({"id": number, "type": class_type, "pos": [40 + 360 * (order // 4), 40 + 260 * (order % 4)],
+                      "size": [320, 220], "flags": {}, "order": order, "mode": 0, "inputs": inputs,
+                      "outputs": outputs, "properties": {"Node name for S&R": class_type},
+                      "widgets_values": widgets})
+    return {"last_node_id": len(nodes), "last_link_id": len(links), "nodes": nodes, "links": links, "groups": [],
+            "config": {}, "extra": {}, "version": 0.4}
+
+
+def rendered(node_classes: dict) -> dict[Path, str]:
+    """Every file this script writes, relative to the repository root, with its exact text."""
+    files = {}
+    for name, build in WORKFLOWS.items():
+        api = build()
+        ui = json.dumps(ui_workflow(api, node_classes), indent=2, ensure_ascii=False) + "\n"
+        files[Path("workflows/api") / f"{name}.json"] = json.dumps(api, indent=2, ensure_ascii=False) + "\n"
+        files[Path("workflows/ui") / f"{name}.json"] = ui
+        files[Path("example_workflows") / f"{name}.json"] = ui
+    return files
+
+
+def main() -> None:
+    sys.path.insert(0, str(ROOT))
+    from nodes import NODE_CLASS_MAPPINGS
+
+    for relative, text in rendered(NODE_CLASS_MAPPINGS).items():
+        path = ROOT / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+        print(relative)
+
+
+if __name__ == "__main__":
+    main()
