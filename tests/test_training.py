@@ -54,6 +54,7 @@ def test_stage1_lowers_the_matte_loss(world, tmp_path):
     before = fixed_loss(task, batch)
     final = train(task, cfg)
     after = fixed_loss(task, batch)
+    print(f"stage 1 fixed-batch loss {before:.4f} -> {after:.4f}")
     assert after < 0.8 * before, (before, after)  # stated margin: at least 20% lower
     assert (final / "mask_vae.safetensors").exists()
 
@@ -70,6 +71,7 @@ def stage2(world, tmp_path_factory):
 
 
 def test_stage2_lowers_the_layered_loss(stage2):
+    print(f"stage 2 fixed-batch loss {stage2['before']:.4f} -> {stage2['after']:.4f}")
     assert stage2["after"] < 0.9 * stage2["before"], (stage2["before"], stage2["after"])  # at least 10% lower
     log = [json.loads(line) for line in (stage2["out"] / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log] == list(range(1, 31))
@@ -136,7 +138,9 @@ def test_stage3_extends_layers_from_the_stage2_adapter(stage2, world, tmp_path):
     batch = task.collate([task.dataset[two]])
     before = fixed_loss(task, batch)
     final = train(task, cfg)
-    assert fixed_loss(task, batch) < before
+    after = fixed_loss(task, batch)
+    print(f"stage 3 fixed-batch loss {before:.4f} -> {after:.4f}")
+    assert after < before
     tuned = load_dit(world / "model" / "dit.safetensors", adapter=final / "adapter.safetensors")
     assert tuned.layer_spec(2).num_segments == 6
 
