@@ -38,12 +38,11 @@ def as_tiling(tile) -> Tiling | None:
 
 
 def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
-    """Start cells of tiles covering `length` cells; the last tile is pushed back to end at the edge."""
+    """Start cells of tiles covering `length` cells every `tile - overlap` cells; the last one is cut at the edge
+    (a smaller tile costs less than one pushed back over work already done)."""
     if length <= tile:
         return [0]
-    stride = tile - overlap
-    starts = list(range(0, length - tile, stride))
-    return starts + [length - tile]
+    return list(range(0, length - overlap, tile - overlap))
 
 
 def _ramp(size: int, fade: int, fade_in: bool, fade_out: bool) -> torch.Tensor:
@@ -67,7 +66,7 @@ def tiled_map(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, tilin
     out = weight = None
     for top in tile_starts(cells_h, tile, fade):
         for left in tile_starts(cells_w, tile, fade):
-            th, tw = min(tile, cells_h), min(tile, cells_w)
+            th, tw = min(tile, cells_h - top), min(tile, cells_w - left)
             part = fn(x[..., top * factor_in:(top + th) * factor_in, left * factor_in:(left + tw) * factor_in])
             if out is None:
                 out = torch.zeros(*part.shape[:-2], cells_h * factor_out, cells_w * factor_out,

@@ -219,7 +219,7 @@ def test_prefixed_checkpoint_loads(tmp_path):
 def test_tiled_decode_close_to_untiled():
     """64 px tiles with 32 px overlap on a 96x64 frame. A tile sees neither the decoder's whole receptive field
     nor the whole frame in the middle block's global attention, so a tiny random model differs everywhere a
-    little. Stated tolerance: mean |tiled - untiled| <= 0.05 x peak (measured 0.029); blending the overlap
+    little. Stated tolerance: mean |tiled - untiled| <= 0.05 x peak (measured 0.026); blending the overlap
     beats butt-jointed tiles; a single tile covering the frame is exact."""
     vae = _tiny_vae()
     torch.manual_seed(4)
@@ -239,7 +239,7 @@ def test_tiled_decode_close_to_untiled():
 
 def test_tiled_encode_close_to_untiled():
     """32 px tiles (4 latent cells) with 16 px overlap on 64x48: a coarse approximation on a tiny random model;
-    stated tolerance mean |tiled - untiled| <= 0.2 x peak (measured 0.11); one covering tile is exact."""
+    stated tolerance mean |tiled - untiled| <= 0.2 x peak (measured 0.109); one covering tile is exact."""
     vae = _tiny_vae()
     torch.manual_seed(5)
     video = torch.rand(1, 3, 5, 64, 48) * 2 - 1
