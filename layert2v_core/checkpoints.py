@@ -250,7 +250,10 @@ def load_dit(path: str | os.PathLike, dtype: torch.dtype | None = None, device: 
         dtype = torch.bfloat16 if not file_dtype.is_floating_point or file_dtype.itemsize == 1 else file_dtype
     with torch.device("meta"):
         model = WanDiT(cfg)
-    readers = {k: (lambda k=k: read_tensor(source, names[k], dtype)) for k in names}
+    def keep_float32(key: str) -> bool:
+        return key.endswith(_FLOAT32_SUFFIXES)
+    readers = {k: (lambda k=k: read_tensor(source, names[k], torch.float32 if keep_float32(k) else dtype))
+               for k in names}
     if extra is not None:
         unknown = [m for m in extra.lora if f"{m}.weight" not in readers] + \
                   [k for k in extra.tensors if k not in model.state_dict()]
@@ -258,10 +261,8 @@ def load_dit(path: str | os.PathLike, dtype: torch.dtype | None = None, device: 
             raise CheckpointError(f"{extra.source} does not fit this DiT: it targets {sorted(unknown)[:5]}, which "
                                   f"the model does not have; pick the adapter trained for this base model")
         readers.update({k: extra.reader(k, readers.get(k)) for k in set(readers) | set(extra.tensors)})
-    assign_weights(model, readers, dtype=dtype, device=device, fmt=layout, path=path, optional=[LAYER_ADALN_KEY])
-    for name, p in model.named_parameters():
-        if name.endswith(_FLOAT32_SUFFIXES):
-            p.data = p.data.float()
+    assign_weights(model, readers, dtype=dtype, device=device, fmt=layout, path=path, optional=[LAYER_ADALN_KEY],
+                   keep_float32=keep_float32)
     return model.eval().requires_grad_(False)
 
 

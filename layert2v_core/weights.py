@@ -131,10 +131,12 @@ def describe_mismatch(fmt: str, path, missing: Iterable[str], unexpected: Iterab
 
 
 def assign_weights(module: torch.nn.Module, tensors: Mapping[str, Callable[[], torch.Tensor]], *,
-                   dtype: torch.dtype | None, device, fmt: str, path, optional: Iterable[str] = ()) -> None:
+                   dtype: torch.dtype | None, device, fmt: str, path, optional: Iterable[str] = (),
+                   keep_float32: Callable[[str], bool] | None = None) -> None:
     """Fill a meta-device module from `tensors` (module key -> reader), one tensor at a time.
 
     Parameters named in `optional` and absent from the file keep the module's initial value (materialised here).
+    Floating tensors become `dtype`, except those `keep_float32(name)` marks, which become float32.
     Raises CheckpointError naming the first missing / unexpected keys before any tensor is read.
     """
     own = dict(module.state_dict(keep_vars=True))
@@ -149,7 +151,8 @@ def assign_weights(module: torch.nn.Module, tensors: Mapping[str, Callable[[], t
             if tuple(value.shape) != tuple(current.shape):
                 raise CheckpointError(f"{path}: {fmt} layout, tensor {name} has shape {tuple(value.shape)} but the "
                                       f"model inferred from the file expects {tuple(current.shape)}")
-            target = dtype if (dtype is not None and value.is_floating_point()) else value.dtype
+            wanted = torch.float32 if keep_float32 is not None and keep_float32(name) else dtype
+            target = wanted if (wanted is not None and value.is_floating_point()) else value.dtype
             value = value.to(device=device, dtype=target)
         else:
             value = torch.zeros(current.shape, dtype=dtype or torch.float32, device=device)

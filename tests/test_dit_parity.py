@@ -179,6 +179,9 @@ def test_bf16_load_keeps_modulation_in_float32(tmp_path):
     model = load_dit(write_layout(ref, "original", tmp_path), dtype=torch.bfloat16)
     assert model.blocks[0].ffn[0].weight.dtype == torch.bfloat16
     assert model.blocks[0].modulation.dtype == torch.float32
+    # Kept at the file's float32 values, never rounded through bf16 on the way in.
+    assert torch.equal(model.blocks[0].modulation, ref.blocks[0].scale_shift_table)
+    assert torch.equal(model.head.modulation, ref.scale_shift_table)
     x, t, ctx = inputs(ref)
     with torch.no_grad():
         got = model(x, t, ctx)
