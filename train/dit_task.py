@@ -134,9 +134,11 @@ class DiTTask:
         small = [downsample_mask(alphas[:, i], frames, height, width) for i in range(spec.num_foregrounds)]
         fgs = [predicted[f"fg{i + 1}"] for i in range(spec.num_foregrounds)]
         l_cons = consistency_loss(fgs, predicted["bg"], target["full"], small)
-        l_mask = sum(mask_reconstruction_loss(self.mask_vae.decode(predicted[f"mask{i + 1}"], clamp=False),
-                                              alphas[:, i], cfg.lambda_grad)
-                     for i in range(spec.num_foregrounds)) / spec.num_foregrounds
+        l_mask = torch.zeros((), device=device)
+        if cfg.lambda_mask > 0:  # decoding every mask through the alpha VAE is most of a small model's step
+            l_mask = sum(mask_reconstruction_loss(self.mask_vae.decode(predicted[f"mask{i + 1}"], clamp=False),
+                                                  alphas[:, i], cfg.lambda_grad)
+                         for i in range(spec.num_foregrounds)) / spec.num_foregrounds
         loss = l_fm + cfg.lambda_cons * l_cons + cfg.lambda_mask * l_mask
         return loss, {"fm": l_fm.item(), "cons": l_cons.item(), "mask": l_mask.item()}
 
