@@ -10,12 +10,28 @@ from pathlib import Path
 from typing import Any
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def temporary_path(path: str | os.PathLike, suffix: str = ".tmp") -> str:
+    """A new empty file beside `path` to write and then rename over it, with the permissions a plain open gives
+    (mkstemp makes it private, which would leave saved models unreadable to other users)."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
+    os.close(fd)
+    os.chmod(tmp, 0o666 & ~_umask())
+    return tmp
+
+
 def write_json(path: str | os.PathLike, data: Any) -> None:
     """JSON through a temporary file in the same folder, then a rename."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+    tmp = temporary_path(path)
     try:
-        with os.fdopen(fd, "w") as f:
+        with open(tmp, "w") as f:
             json.dump(data, f, indent=2, ensure_ascii=False)
         os.replace(tmp, path)
     finally:

@@ -9,13 +9,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Mapping
 
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
+
+from .atomic import temporary_path
 
 FP8_DTYPES = tuple(getattr(torch, n) for n in ("float8_e4m3fn", "float8_e5m2") if hasattr(torch, n))
 # Scaled-fp8 side tensors: per-weight scales (two spellings across ComfyUI versions) and input-side extras.
@@ -173,8 +174,7 @@ def save_weights_atomic(tensors: Mapping[str, torch.Tensor], path: str | os.Path
     """Write a safetensors file through a temporary file and a rename, so a crash never leaves half a file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    os.close(fd)
+    tmp = temporary_path(path)
     try:
         save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp,
                   metadata={k: str(v) for k, v in (metadata or {}).items()})

@@ -3,12 +3,12 @@ from __future__ import annotations
 
 import os
 import re
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from layert2v_core.atomic import temporary_path
 from layert2v_core.export import preview, save_layers
 
 from . import host
@@ -86,8 +86,7 @@ def write_animated_webp(video: torch.Tensor, path: Path, fps: float) -> None:
 
     frames = (video.permute(1, 2, 3, 0).clamp(0, 1) * 255).round().to(torch.uint8).numpy()
     images = [Image.fromarray(np.ascontiguousarray(f)) for f in frames]
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".webp")
-    os.close(fd)
+    tmp = temporary_path(path, suffix=".webp")
     try:
         images[0].save(tmp, format="WEBP", save_all=True, append_images=images[1:],
                        duration=max(1, round(1000 / fps)), loop=0, quality=85)
