@@ -19,12 +19,9 @@ from .layers import MAX_FOREGROUNDS, ROUTING_POLICIES
 from .sampling import SOLVERS
 
 DTYPES = {"auto": None, "fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-def default_model_folder() -> Path | None:
-    """The embedded demo model shipped in the repository, if present."""
-    folder = Path(__file__).resolve().parent.parent / "models" / "layert2v-tiny"
-    return folder if folder.is_dir() else None
+# Sampling settings for a model folder without a generation.json: Wan2.1 T2V 1.3B's.
+WAN_SETTINGS = {"frames": 41, "height": 384, "width": 672, "steps": 50, "cfg": 5.0, "shift": 5.0, "solver": "unipc",
+                "fps": 16.0}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -44,14 +41,15 @@ def build_parser() -> argparse.ArgumentParser:
                                                    f"as --foreground, else 1)")
     p.add_argument("--negative", default="", help="negative prompt (empty: Wan's default)")
     p.add_argument("--prompts", help="jsonl file with one sample per line (see module help)")
-    s = g.add_argument_group("sampling")
-    s.add_argument("--frames", type=int, default=41, help="frames, 4k+1")
-    s.add_argument("--height", type=int, default=384, help="multiple of 16")
-    s.add_argument("--width", type=int, default=672, help="multiple of 16")
-    s.add_argument("--steps", type=int, default=50)
-    s.add_argument("--cfg", type=float, default=5.0, help="classifier-free guidance scale")
-    s.add_argument("--shift", type=float, default=5.0, help="sigma shift of the flow schedule")
-    s.add_argument("--solver", choices=SOLVERS, default="unipc")
+    s = g.add_argument_group("sampling (unset values: the model folder's generation.json, else Wan2.1's)")
+    own = dict(default=argparse.SUPPRESS)
+    s.add_argument("--frames", type=int, help="frames, 4k+1 (Wan2.1: 41)", **own)
+    s.add_argument("--height", type=int, help="multiple of 16 (Wan2.1: 384)", **own)
+    s.add_argument("--width", type=int, help="multiple of 16 (Wan2.1: 672)", **own)
+    s.add_argument("--steps", type=int, help="sampling steps (Wan2.1: 50)", **own)
+    s.add_argument("--cfg", type=float, help="classifier-free guidance scale (Wan2.1: 5)", **own)
+    s.add_argument("--shift", type=float, help="sigma shift of the flow schedule (Wan2.1: 5)", **own)
+    s.add_argument("--solver", choices=SOLVERS, help="(Wan2.1: unipc)", **own)
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--policy", choices=ROUTING_POLICIES, help="routing policy (default: the checkpoint's)")
     s.add_argument("--keep", action="append", default=[], metavar="LAYER=VIDEO",
@@ -60,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--strength", type=float, default=0.0, help="0 keeps given layers exactly; up to 1 lets them move")
     o = g.add_argument_group("output and device")
     o.add_argument("--out", default="outputs", help="output folder (one sub-folder per sample)")
-    o.add_argument("--fps", type=float, default=16.0)
+    o.add_argument("--fps", type=float, help="frame rate of the saved videos (Wan2.1: 16)", **own)
     o.add_argument("--rgba", default="webm,mov", help="RGBA formats among webm, mov, png (comma-separated)")
     o.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     o.add_argument("--dtype", choices=list(DTYPES), default="auto", help="DiT / text encoder weight dtype")
@@ -131,15 +129,21 @@ def load_kept_layers(keep: dict[str, str], frames: int) -> dict[str, torch.Tenso
 
 def generate(args) -> int:
     from .export import save_layers
-    from .model_folder import find_components, load_pipeline
+    from .model_folder import demo_model_folder, find_components, generation_settings, load_pipeline
     from .weights import file_hash
 
     jobs = read_jobs(args)
     rgba = [f for f in args.rgba.split(",") if f]
     folder = args.model or (None if any([args.dit, args.vae, args.mask_vae, args.text_encoder])
-                            else default_model_folder())
+                            else demo_model_folder())
     paths = find_components(folder, dit=args.dit, adapter=args.adapter, vae=args.vae, mask_vae=args.mask_vae,
                             text_encoder=args.text_encoder)
+    for key, value in {**WAN_SETTINGS, **generation_settings(folder)}.items():
+        if not hasattr(args, key):
+            setattr(args, key, value)
+    if folder is not None and not args.model:
+        print(f"model: the embedded demo model ({folder.name}, synthetic shapes only; --model picks another), "
+              f"{args.width}x{args.height}, {args.frames} frames, {args.steps} steps", file=sys.stderr)
     rank, world = 0, 1
     try:  # under `accelerate launch`, split the jobs across processes
         from accelerate import PartialState

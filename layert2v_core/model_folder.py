@@ -7,9 +7,14 @@ A model folder holds, under any of the names users already have (first match win
   alpha VAE     mask_vae.safetensors | mask_vae_lora.pt
   text encoder  text_encoder.safetensors | umt5_xxl_fp16.safetensors | umt5_xxl_fp8_e4m3fn_scaled.safetensors |
                 models_t5_umt5-xxl-enc-bf16.pth | text_encoder/
+  settings      generation.json: the sampling settings the model was made for (optional; see GENERATION_KEYS)
+
+The repository ships one such folder, the embedded demo model (`demo_model_folder()`), the default wherever a user
+has not chosen a model.
 """
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -26,6 +31,38 @@ CANDIDATES = {
                      "models_t5_umt5-xxl-enc-bf16.pth", "text_encoder"),
 }
 OPTIONAL = ("adapter",)
+DEMO_MODEL_NAME = "layert2v-tiny"
+DEMO_MODEL_LABEL = f"{DEMO_MODEL_NAME} (built-in demo)"  # how model pickers (the ComfyUI loaders) list it
+GENERATION_FILE = "generation.json"
+# What generation.json may set, with the type each value must have.
+GENERATION_KEYS = {"frames": int, "height": int, "width": int, "steps": int, "cfg": float, "shift": float,
+                   "solver": str, "fps": float}
+
+
+def demo_model_folder() -> Path | None:
+    """The embedded demo model shipped in the repository (models/layert2v-tiny), if present."""
+    folder = Path(__file__).resolve().parent.parent / "models" / DEMO_MODEL_NAME
+    return folder if (folder / "dit.safetensors").is_file() else None
+
+
+def generation_settings(folder: str | os.PathLike | None) -> dict:
+    """The sampling settings a model folder was made for (its generation.json), or {} when it has none."""
+    if folder is None or not (Path(folder) / GENERATION_FILE).is_file():
+        return {}
+    path = Path(folder) / GENERATION_FILE
+    try:
+        settings = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path} is not valid JSON ({err.msg}); fix or delete it") from None
+    unknown = sorted(set(settings) - set(GENERATION_KEYS)) if isinstance(settings, dict) else None
+    if unknown is None or unknown:
+        raise ValueError(f"{path}: expected an object with keys among {sorted(GENERATION_KEYS)}, got {unknown}")
+    for key, kind in GENERATION_KEYS.items():
+        value = settings.get(key)
+        if value is not None and not (isinstance(value, kind) or (kind is float and isinstance(value, int))):
+            article = "an" if kind is int else "a"
+            raise ValueError(f"{path}: {key} must be {article} {kind.__name__}, got {value!r}")
+    return settings
 
 
 @dataclass

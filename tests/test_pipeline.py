@@ -144,3 +144,35 @@ def test_cli_rejects_bad_arguments(folder, tmp_path):
     bad.write_text('{"prompt": "ok"}\n{not json}\n')
     with pytest.raises(SystemExit, match="prompts.jsonl:2: not valid JSON"):
         cli_main(["generate", "--model", str(folder), "--prompts", str(bad), "--out", str(tmp_path)])
+
+
+def test_cli_takes_unset_sampling_settings_from_the_model_folder(folder, tmp_path):
+    """generation.json fills what the command line leaves unset; flags still win."""
+    import shutil
+    own = tmp_path / "model"
+    shutil.copytree(folder, own)
+    (own / "generation.json").write_text(json.dumps({"frames": 5, "height": 16, "width": 32, "steps": 2, "cfg": 3.0,
+                                                     "shift": 2.0, "fps": 8}))
+    code = cli_main(["generate", "--model", str(own), "--prompt", "p", "--height", "32", "--out", str(tmp_path / "o"),
+                     "--rgba", "png", "--quiet"])
+    assert code == 0
+    manifest = json.loads(next((tmp_path / "o").glob("*/manifest.json")).read_text())
+    settings = manifest["settings"]
+    assert (settings["frames"], settings["height"], settings["width"], settings["steps"]) == (5, 32, 32, 2)
+    assert (settings["guidance"], settings["shift"], manifest["fps"]) == (3.0, 2.0, 8)
+    (own / "generation.json").write_text(json.dumps({"frames": "five"}))
+    with pytest.raises(SystemExit, match="frames must be an int"):
+        cli_main(["generate", "--model", str(own), "--prompt", "p", "--out", str(tmp_path / "o")])
+
+
+def test_cli_without_a_model_uses_the_embedded_demo(folder, tmp_path, monkeypatch, capsys):
+    import layert2v_core.model_folder as model_folder
+    (folder / "generation.json").write_text(json.dumps({"frames": 5, "height": 16, "width": 16, "steps": 1}))
+    try:
+        monkeypatch.setattr(model_folder, "demo_model_folder", lambda: folder)
+        assert cli_main(["generate", "--prompt", "p", "--out", str(tmp_path), "--rgba", "png", "--quiet"]) == 0
+    finally:
+        (folder / "generation.json").unlink()
+    manifest = json.loads(next(tmp_path.glob("*/manifest.json")).read_text())
+    assert manifest["models"]["dit"] == str(folder / "dit.safetensors")
+    assert "the embedded demo model" in capsys.readouterr().err
