@@ -26,17 +26,22 @@ def temporary_path(path: str | os.PathLike, suffix: str = ".tmp") -> str:
     return tmp
 
 
-def write_json(path: str | os.PathLike, data: Any) -> None:
-    """JSON through a temporary file in the same folder, then a rename."""
+def write_text(path: str | os.PathLike, text: str) -> None:
+    """Text through a temporary file in the same folder, then a rename."""
     path = Path(path)
     tmp = temporary_path(path)
     try:
-        with open(tmp, "w") as f:
-            json.dump(data, f, indent=2, ensure_ascii=False)
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def write_json(path: str | os.PathLike, data: Any) -> None:
+    """JSON through a temporary file in the same folder, then a rename."""
+    write_text(path, json.dumps(data, indent=2, ensure_ascii=False))
 
 
 def replace_folder(new: Path, target: Path) -> None:

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from .atomic import replace_folder
+from .atomic import replace_folder, temporary_path
 
 VIDEO_FORMATS = {".mp4": "h264", ".webm": "vp9", ".mov": "prores4444"}
 # Codecs a container may take instead of its default (an opaque H.264 .mov is common in editing).
@@ -331,6 +331,24 @@ def write_video(path: str | os.PathLike, frames: Any, fps: float, codec: str | N
         elif temporary.exists():
             temporary.unlink()
     return target
+
+
+def write_animated_webp(video: Any, path: str | os.PathLike, fps: float, lossless: bool = False) -> None:
+    """Channel-first [3, T, H, W] in [0, 1] -> an animated WEBP (what ComfyUI shows and Markdown pages embed),
+    atomically."""
+    from PIL import Image
+
+    path = Path(path)
+    frames = _quantize(_normalize_frames(video_to_frames(video)), 8)
+    images = [Image.fromarray(np.ascontiguousarray(f)) for f in frames]
+    tmp = temporary_path(path, suffix=".webp")
+    try:
+        images[0].save(tmp, format="WEBP", save_all=True, append_images=images[1:],
+                       duration=max(1, round(1000 / fps)), loop=0, quality=85, lossless=lossless)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
 
 
 def video_to_frames(video: Any) -> Any:

@@ -5,11 +5,10 @@ import os
 import re
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from layert2v_core.atomic import temporary_path
 from layert2v_core.export import preview, save_layers
+from layert2v_core.video_io import write_animated_webp
 
 from . import host
 from .common import CATEGORY, LAYERS, LayerT2VInputError, readable_errors
@@ -78,22 +77,6 @@ def next_folder(root: Path, prefix: str) -> Path:
             return folder
         except FileExistsError:
             number += 1
-
-
-def write_animated_webp(video: torch.Tensor, path: Path, fps: float) -> None:
-    """[3, T, H, W] in [0, 1] -> animated WEBP (what ComfyUI's UI shows for animated outputs), atomically."""
-    from PIL import Image
-
-    frames = (video.permute(1, 2, 3, 0).clamp(0, 1) * 255).round().to(torch.uint8).numpy()
-    images = [Image.fromarray(np.ascontiguousarray(f)) for f in frames]
-    tmp = temporary_path(path, suffix=".webp")
-    try:
-        images[0].save(tmp, format="WEBP", save_all=True, append_images=images[1:],
-                       duration=max(1, round(1000 / fps)), loop=0, quality=85)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 NODE_CLASS_MAPPINGS = {"LayerT2VSaveLayers": LayerT2VSaveLayers}

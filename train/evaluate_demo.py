@@ -5,6 +5,8 @@ one seed each. Every metric is also computed on the ground-truth synthetic layer
 numbers have a reference, and the consistency error on an untrained DiT of the same architecture.
 
     python train/evaluate_demo.py models/layert2v-tiny [--untrained runs/demo/parts/dit_init.safetensors]
+
+Sizes and sampling steps default to the folder's generation.json.
 """
 from __future__ import annotations
 
@@ -21,11 +23,16 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
+from layert2v_core.atomic import write_json, write_text  # noqa: E402
 from layert2v_core.composite import consistency_error, premultiply  # noqa: E402
-from layert2v_core.model_folder import find_components, load_pipeline  # noqa: E402
+from layert2v_core.export import preview  # noqa: E402
+from layert2v_core.model_folder import find_components, generation_settings, load_pipeline  # noqa: E402
+from layert2v_core.video_io import write_animated_webp  # noqa: E402
 from train.synthetic import PALETTE, generate_sample  # noqa: E402
 
 SAMPLING = dict(steps=25, guidance=4.0, shift=3.0, solver="unipc")
+PREVIEWS = 3  # samples of each foreground count shown in the model card
+PREVIEW_FILE = "samples.webp"
 
 
 def components(mask: torch.Tensor, min_area: int = 4) -> int:
@@ -72,7 +79,9 @@ def summarise(rows: list[dict]) -> dict:
 
 @torch.no_grad()
 def evaluate(folder: Path, untrained_dit: Path | None, frames: int, size: int, seeds: int = 24,
-             two_fg_seeds: int = 12, steps: int = SAMPLING["steps"]) -> dict:
+             two_fg_seeds: int = 12, steps: int = SAMPLING["steps"], previews: list | None = None) -> dict:
+    """Metrics of the trained model, the ground truth and (if given) an untrained DiT; `previews` collects
+    (prompt, side-by-side layers) of the first PREVIEWS samples of each foreground count."""
     torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
     pipe = load_pipeline(find_components(folder))
     prompts = [generate_sample(1000 + s, frames, size, size, split="eval", num_foregrounds=1) for s in range(seeds)]
@@ -80,16 +89,21 @@ def evaluate(folder: Path, untrained_dit: Path | None, frames: int, size: int, s
                 for s in range(two_fg_seeds)]
     sampling = {**SAMPLING, "steps": steps}
     report = {"sampling": sampling, "frames": frames, "size": size, "prompts_1": seeds, "prompts_2": two_fg_seeds}
-    for name, model in (("trained", pipe),):
-        rows = {1: [], 2: []}
-        for index, truth in enumerate(prompts):
+
+    def run(dit_rows: dict, truths: list, collect: bool) -> None:
+        for index, truth in enumerate(truths):
             caps = truth.captions
-            out = model(caps["full"], caps["background"], list(caps["foregrounds"]), frames=frames, height=size,
-                        width=size, seed=index, **sampling)
-            colours = [layer.colour for layer in truth.layers]
-            rows[truth.num_foregrounds].append(layer_metrics(out.full, out.background, out.foregrounds, out.alphas,
-                                                             colours))
-        report[name] = {f"{n}_foreground": summarise(r) for n, r in rows.items() if r}
+            out = pipe(caps["full"], caps["background"], list(caps["foregrounds"]), frames=frames, height=size,
+                       width=size, seed=index, **sampling)
+            rows = dit_rows.setdefault(truth.num_foregrounds, [])
+            rows.append(layer_metrics(out.full, out.background, out.foregrounds, out.alphas,
+                                      [layer.colour for layer in truth.layers]))
+            if collect and previews is not None and len(rows) <= PREVIEWS:
+                previews.append((caps["full"], preview(out)))
+
+    trained: dict = {}
+    run(trained, prompts, collect=True)
+    report["trained"] = {f"{n}_foreground": summarise(r) for n, r in trained.items()}
     truth_rows = {1: [], 2: []}
     for truth in prompts:
         truth_rows[truth.num_foregrounds].append(layer_metrics(
@@ -99,18 +113,20 @@ def evaluate(folder: Path, untrained_dit: Path | None, frames: int, size: int, s
     if untrained_dit is not None and Path(untrained_dit).exists():
         from layert2v_core.checkpoints import load_dit
         pipe.dit = load_dit(untrained_dit, dtype=torch.float32)
-        rows = []
-        for index, truth in enumerate(p for p in prompts if p.num_foregrounds == 1):
-            caps = truth.captions
-            out = pipe(caps["full"], caps["background"], list(caps["foregrounds"]), frames=frames, height=size,
-                       width=size, seed=index, **sampling)
-            rows.append(layer_metrics(out.full, out.background, out.foregrounds, out.alphas,
-                                      [truth.layers[0].colour]))
-        report["untrained"] = {"1_foreground": summarise(rows)}
+        untrained: dict = {}
+        run(untrained, [p for p in prompts if p.num_foregrounds == 1], collect=False)
+        report["untrained"] = {"1_foreground": summarise(untrained[1])}
     return report
 
 
-def model_card(report: dict, build: dict | None) -> str:
+def write_previews(previews: list, path: Path, fps: float, scale: int = 3) -> None:
+    """The collected side-by-side previews stacked top to bottom, enlarged `scale` times, as one animated WEBP."""
+    width = max(video.shape[-1] for _, video in previews)
+    stacked = torch.cat([F.pad(video, (0, width - video.shape[-1])) for _, video in previews], dim=-2)
+    write_animated_webp(stacked.repeat_interleave(scale, -1).repeat_interleave(scale, -2), path, fps, lossless=True)
+
+
+def model_card(report: dict, build: dict | None, previews: list | None = None) -> str:
     t1, t2 = report["trained"]["1_foreground"], report["trained"].get("2_foreground", {})
     g1, g2 = report["ground_truth"]["1_foreground"], report["ground_truth"].get("2_foreground", {})
     u1 = report.get("untrained", {}).get("1_foreground", {})
@@ -131,6 +147,7 @@ def model_card(report: dict, build: dict | None) -> str:
         "| vae.safetensors | Wan2.1-architecture video VAE (trained here), latent statistics in its metadata |",
         "| mask_vae.safetensors | alpha VAE adapter (stage 1) on that VAE |",
         "| text_encoder.safetensors | umt5 encoder + sentencepiece tokenizer for the synthetic vocabulary (random, frozen) |",
+        "| generation.json | the size and sampling settings it was made for (the CLI's defaults with this model) |",
         "",
     ]
     if build:
@@ -143,11 +160,14 @@ def model_card(report: dict, build: dict | None) -> str:
             "",
             f"- data: {plan['single']} single-foreground + {plan['multi']} one-to-three-foreground synthetic samples, "
             f"{plan['size']}x{plan['size']}, {plan['frames']} frames, held-out combinations excluded",
-            f"- VAE: width {plan['vae_width']}, {plan['vae_steps']} steps; stage 1: {plan['mask_steps']} steps",
+            f"- VAE (Wan2.1 architecture, from scratch): width {plan['vae_width']}, {plan['vae_steps']} steps at "
+            f"lr {plan['vae_lr']}, batch {plan['vae_batch']} clips of {plan['vae_frames']} frames; stage 1 (alpha "
+            f"VAE): {plan['mask_steps']} steps",
             f"- DiT: {plan['dit']}, text dim {plan['text_dim']}; stage 2 (full weights, single foreground): "
             f"{plan['stage2_steps']} steps; stage 3 (up to 3 foregrounds): {plan['stage3_steps']} steps; "
-            f"batch {plan['batch']}",
-            "- seconds per step of the build: " + ", ".join(f"{k} {v}" for k, v in build["seconds"].items()),
+            f"batch {plan['batch']}; lambda_mask {plan['lambda_mask']} (see train/build_demo.py)",
+            "- generation.json: the sampling settings the CLI uses with this model unless told otherwise",
+            "- seconds per phase of the build: " + ", ".join(f"{k} {v}" for k, v in build["seconds"].items()),
             "",
         ]
     s = report["sampling"]
@@ -177,6 +197,20 @@ def model_card(report: dict, build: dict | None) -> str:
         "",
         "Rates are fractions of samples (colour and leak: of foregrounds). Full numbers: `evaluation.json`.",
         "",
+    ]
+    if previews:
+        lines += [
+            "## Samples",
+            "",
+            f"![held-out samples]({PREVIEW_FILE})",
+            "",
+            "Each row, left to right: full video, background, each foreground over a checkerboard, each alpha. "
+            "Prompts, top to bottom:",
+            "",
+            *[f"{i}. {prompt}" for i, (prompt, _) in enumerate(previews, start=1)],
+            "",
+        ]
+    lines += [
         "## Limits",
         "",
         "Tiny and synthetic: it has never seen natural video, and its text encoder knows only the synthetic",
@@ -185,12 +219,16 @@ def model_card(report: dict, build: dict | None) -> str:
     return "\n".join(lines) + "\n"
 
 
-def evaluate_and_write_card(folder: Path, untrained_dit: Path | None, frames: int, size: int, **counts) -> dict:
-    """Evaluate (counts: seeds, two_fg_seeds, steps) and write evaluation.json and the model card README.md."""
-    report = evaluate(folder, untrained_dit, frames, size, **counts)
-    (folder / "evaluation.json").write_text(json.dumps(report, indent=2))
+def evaluate_and_write_card(folder: Path, untrained_dit: Path | None, frames: int, size: int, fps: float = 8.0,
+                            **counts) -> dict:
+    """Evaluate (counts: seeds, two_fg_seeds, steps); write evaluation.json, the sample previews and the model card
+    README.md."""
+    previews: list = []
+    report = evaluate(folder, untrained_dit, frames, size, previews=previews, **counts)
+    write_json(folder / "evaluation.json", report)
+    write_previews(previews, folder / PREVIEW_FILE, fps)
     build = json.loads((folder / "build.json").read_text()) if (folder / "build.json").exists() else None
-    (folder / "README.md").write_text(model_card(report, build))
+    write_text(folder / "README.md", model_card(report, build, previews))
     return report
 
 
@@ -198,11 +236,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("folder")
     parser.add_argument("--untrained", help="an untrained DiT of the same architecture, for the reference row")
-    parser.add_argument("--frames", type=int, default=9)
-    parser.add_argument("--size", type=int, default=64)
+    parser.add_argument("--frames", type=int, help="default: the folder's generation.json, else 9")
+    parser.add_argument("--size", type=int, help="default: the folder's generation.json height, else 48")
     args = parser.parse_args(argv)
-    report = evaluate_and_write_card(Path(args.folder), args.untrained and Path(args.untrained), args.frames,
-                                     args.size)
+    settings = generation_settings(args.folder)
+    report = evaluate_and_write_card(Path(args.folder), args.untrained and Path(args.untrained),
+                                     args.frames or settings.get("frames", 9), args.size or settings.get("height", 48),
+                                     fps=settings.get("fps", 8.0), steps=settings.get("steps", SAMPLING["steps"]))
     print(json.dumps(report, indent=2))
     return 0
 
