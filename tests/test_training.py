@@ -13,6 +13,7 @@ from train.config import parse_config
 from train.dit_task import DiTTask, MultiForegroundTask
 from train.loop import train
 from train.mask_vae_task import MaskVAETask
+from layert2v_core.vae import stream_decode
 from train.vae_task import VAETask
 from train.synthetic import write_dataset
 from train.tiny_models import write_model_folder
@@ -72,6 +73,29 @@ def test_vae_from_scratch_starts_with_a_code_that_depends_on_the_input(world, tm
     print(f"code spread across inputs / overall: {ratio:.3f}")
     assert ratio > 0.3
     assert log_var.exp().sqrt().mean() < 0.1  # unit noise (log-variance 0) would swamp the code
+
+
+def test_vae_loss_weighs_foreground_pixels(world, tmp_path):
+    """With foreground_weight w, a pixel under alpha 1 counts 1 + w times a background pixel, normalised so a
+    uniform error gives the same loss."""
+    cfg = config(world, tmp_path / "vae", "--data", str(world / "multi"), "--max-foregrounds", "2")
+    first = VAETask(cfg, width=8)
+    batch = first.collate([first.dataset[0]])
+    losses = {}
+    for weight in (0.0, 20.0):
+        task = VAETask(cfg, width=8, foreground_weight=weight)
+        task.videos = lambda batch, generator=None: batch["full"]
+        with torch.no_grad():
+            video = batch["full"]
+            mu, _ = task.module.encode_moments(video)
+            error = (stream_decode(task.module.decoder, task.module.conv2, mu) - video).abs()
+        alpha = batch["alphas"].amax(1)
+        expected = (error * (1 + weight * alpha)).mean() / (1 + weight * alpha).mean()
+        task.module.conv1.bias.data[16:] = -30.0  # no sampling noise: the loss is the weighted L1 itself
+        loss, parts = task.loss(task.module, batch, torch.Generator().manual_seed(0))
+        losses[weight] = loss.item()
+        assert abs(loss.item() - expected.item() - task.kl_weight * parts["kl"]) < 1e-4
+    assert losses[20.0] != losses[0.0]
 
 
 def test_no_alpha_decoder_work_without_the_mask_loss(world, tmp_path):

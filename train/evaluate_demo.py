@@ -160,9 +160,11 @@ def model_card(report: dict, build: dict | None, previews: list | None = None) -
             "",
             f"- data: {plan['single']} single-foreground + {plan['multi']} one-to-three-foreground synthetic samples, "
             f"{plan['size']}x{plan['size']}, {plan['frames']} frames, held-out combinations excluded",
-            f"- VAE (Wan2.1 architecture, from scratch): width {plan['vae_width']}, {plan['vae_steps']} steps at "
-            f"lr {plan['vae_lr']}, batch {plan['vae_batch']} clips of {plan['vae_frames']} frames; stage 1 (alpha "
-            f"VAE): {plan['mask_steps']} steps",
+            f"- VAE (Wan2.1 architecture, from scratch): width {plan['vae_width']}; {plan['vae_image_steps']} steps "
+            f"on batches of {plan['vae_image_batch']} single frames at lr {plan['vae_lr']}, then "
+            f"{plan['vae_steps']} on batches of {plan['vae_batch']} {plan['frames']}-frame clips at half that; L1 "
+            f"with foreground pixels weighted 1 + {plan['vae_foreground_weight']}·alpha. Stage 1 (alpha VAE): "
+            f"{plan['mask_steps']} steps",
             f"- DiT: {plan['dit']}, text dim {plan['text_dim']}; stage 2 (full weights, single foreground): "
             f"{plan['stage2_steps']} steps; stage 3 (up to 3 foregrounds): {plan['stage3_steps']} steps; "
             f"batch {plan['batch']}; lambda_mask {plan['lambda_mask']} (see train/build_demo.py)",

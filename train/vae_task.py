@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from layert2v_core.vae import AttentionBlock, VAEConfig, WanVAE, save_vae, stream_decode
+from layert2v_core.vae import AttentionBlock, VAEConfig, WanVAE, load_vae, save_vae, stream_decode
 
 from .config import TrainConfig
 from .data import LayeredVideoDataset, collate_layered
@@ -44,11 +44,18 @@ class VAETask:
     name = "vae: video autoencoder"
 
     def __init__(self, cfg: TrainConfig, device: torch.device | str = "cpu", width: int = 16,
-                 kl_weight: float = 1e-4):
-        self.cfg, self.kl_weight = cfg, kl_weight
-        config = VAEConfig(dim=width, z_dim=16, latent_mean=(0.0,) * 16, latent_std=(1.0,) * 16)
-        self.module = WanVAE(config).to(device)
-        initialise_for_training(self.module)
+                 kl_weight: float = 1e-4, foreground_weight: float = 0.0):
+        """`cfg.vae` (optional) continues from a VAE file instead of starting from scratch. `foreground_weight` w
+        weighs the L1 of pixels under any foreground's alpha by 1 + w·alpha: small shapes are a few percent of the
+        pixels, and with plain L1 the VAE learns the backgrounds long before it keeps any shape (measured: none
+        visible after 1500 steps; blobs in place after 300 with w = 20)."""
+        self.cfg, self.kl_weight, self.foreground_weight = cfg, kl_weight, foreground_weight
+        if cfg.vae:
+            self.module = load_vae(cfg.vae, dtype=torch.float32, device=device).requires_grad_(True)
+        else:
+            config = VAEConfig(dim=width, z_dim=16, latent_mean=(0.0,) * 16, latent_std=(1.0,) * 16)
+            self.module = WanVAE(config).to(device)
+            initialise_for_training(self.module)
         self.dataset = LayeredVideoDataset(cfg.data, cfg.frames, cfg.height, cfg.width, cfg.frame_sampling,
                                            cfg.seed, cfg.max_foregrounds)
         self.collate = collate_layered
@@ -68,14 +75,17 @@ class VAETask:
 
     def loss(self, module, batch: dict, generator: torch.Generator) -> tuple[torch.Tensor, dict]:
         vae = self.module
-        video = self.videos(batch, generator).to(vae.conv1.weight.device)
+        device = vae.conv1.weight.device
+        video = self.videos(batch, generator).to(device)
         mu, log_var = vae.encode_moments(video)
         log_var = log_var.clamp(-30, 20)
         z = mu + torch.exp(0.5 * log_var) * torch.randn(mu.shape, generator=generator).to(mu.device)
         recon = stream_decode(vae.decoder, vae.conv2, z)
-        l1 = F.l1_loss(recon, video)
+        error = (recon - video).abs()
+        weight = 1 + self.foreground_weight * batch["alphas"].amax(1).to(device)  # [B, 1, T, H, W]
+        weighted = (error * weight).mean() / weight.mean()
         kl = 0.5 * (mu.pow(2) + log_var.exp() - 1 - log_var).mean()
-        return l1 + self.kl_weight * kl, {"l1": l1.item(), "kl": kl.item()}
+        return weighted + self.kl_weight * kl, {"l1": error.mean().item(), "kl": kl.item()}
 
     @torch.no_grad()
     def latent_stats(self, samples: int = 32) -> tuple[tuple[float, ...], tuple[float, ...]]:
