@@ -80,6 +80,11 @@ def compute_device() -> torch.device:
     return mm.get_torch_device()
 
 
+def default_dtype() -> torch.dtype | None:
+    """Weights' compute dtype when the user keeps 'default': the file's on a GPU, fp32 on a CPU (no fast fp16)."""
+    return torch.float32 if compute_device().type == "cpu" else None
+
+
 def offload_device() -> torch.device:
     if folder_paths is None:
         return torch.device("cpu")

@@ -5,6 +5,7 @@ from pathlib import Path
 
 from layert2v_core.checkpoints import load_dit
 from layert2v_core.mask_vae import load_mask_vae
+from layert2v_core.model_folder import DEMO_MODEL_LABEL, DEMO_MODEL_NAME, demo_model_folder, find_components
 from layert2v_core.text import load_text_encoder
 from layert2v_core.vae import load_vae
 from layert2v_core.vae_tiling import Tiling
@@ -14,6 +15,30 @@ from .common import (CATEGORY, DTYPES, MODEL, OFFLOAD_CHOICES, TEXT_ENCODER, VAE
                      readable_errors)
 
 NONE = "none"
+# The embedded demo model's entry in every loader list, so the example workflows run with no downloads.
+BUILTIN = DEMO_MODEL_LABEL
+
+
+def _choices(*kinds: str) -> list[str]:
+    """Files of these model kinds, then the built-in demo part (last, so a user's own files come first)."""
+    names = [name for kind in kinds for name in host.list_models(kind)]
+    return list(dict.fromkeys(names)) + ([BUILTIN] if demo_model_folder() is not None else [])
+
+
+def _model_file(name: str, part: str, *kinds: str) -> Path:
+    """The built-in demo's part, or the named file from the first of these kinds that holds it."""
+    if name == BUILTIN:
+        folder = demo_model_folder()
+        if folder is None:
+            raise FileNotFoundError(f"the built-in demo model is missing from this install (models/{DEMO_MODEL_NAME}"
+                                    f"/); reinstall the node pack or pick a model file")
+        return getattr(find_components(folder, required=(part,)), part)
+    for kind in kinds[:-1]:
+        try:
+            return host.model_path(kind, name)
+        except FileNotFoundError:
+            pass
+    return host.model_path(kinds[-1], name)
 
 
 def _adapter_choices() -> list[str]:
@@ -22,10 +47,7 @@ def _adapter_choices() -> list[str]:
 
 def _adapter_path(name: str) -> Path:
     """Our kind first, then loras; an official PEFT folder is picked through its adapter_model file."""
-    try:
-        path = host.model_path(host.ADAPTER_KIND, name)
-    except FileNotFoundError:
-        path = host.model_path("loras", name)
+    path = _model_file(name, "adapter", host.ADAPTER_KIND, "loras")
     if path.name.startswith("adapter_model") and (path.parent / "adapter_config.json").is_file():
         return path.parent
     return path
@@ -35,15 +57,17 @@ class LayerT2VModelLoader:
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
-            "model_name": (host.list_models("diffusion_models"), {
+            "model_name": (_choices("diffusion_models"), {
                 "tooltip": "Wan2.1 T2V 1.3B from models/diffusion_models: the original, ComfyUI (fp16/bf16/fp8) or "
-                           "diffusers layout, or a merged LayerT2V checkpoint."}),
+                           f"diffusers layout, or a merged LayerT2V checkpoint. '{BUILTIN}': the tiny model shipped "
+                           "with the node pack (synthetic shapes only, 48x48, 9 frames; adapter 'none')."}),
             "adapter_name": ([NONE] + _adapter_choices(), {
                 "tooltip": "LayerT2V adapter from models/layert2v (or models/loras): the official PEFT folder's "
                            "adapter_model file or a LayerT2V .safetensors adapter. 'none' for a merged model."}),
             "weight_dtype": (list(DTYPES), {
                 "default": "default",
-                "tooltip": "Compute dtype of the weights. 'default' keeps the file's dtype (fp8 files run in bf16)."}),
+                "tooltip": "Compute dtype of the weights. 'default' keeps the file's dtype (fp8 files run in bf16) "
+                           "on a GPU and uses fp32 on a CPU."}),
             "offload": (list(OFFLOAD_CHOICES), {
                 "default": "offload between runs",
                 "tooltip": "keep on GPU: fastest, holds VRAM between runs. offload between runs: on the GPU only while "
@@ -61,9 +85,10 @@ class LayerT2VModelLoader:
         with readable_errors("Load LayerT2V Model"):
             if offload not in OFFLOAD_CHOICES:
                 raise ValueError(f"offload must be one of {list(OFFLOAD_CHOICES)}, got {offload!r}")
-            path = host.model_path("diffusion_models", model_name)
+            path = _model_file(model_name, "dit", "diffusion_models")
             adapter = None if adapter_name == NONE else _adapter_path(adapter_name)
-            dit = load_dit(path, dtype=DTYPES[weight_dtype], device=host.offload_device(), adapter=adapter)
+            dit = load_dit(path, dtype=DTYPES[weight_dtype] or host.default_dtype(), device=host.offload_device(),
+                           adapter=adapter)
         return (LoadedModel(dit, offload, model_name),)
 
 
@@ -71,11 +96,13 @@ class LayerT2VVAELoader:
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
-            "vae_name": (host.list_models("vae"), {
-                "tooltip": "Wan2.1 VAE from models/vae (wan_2.1_vae.safetensors or Wan2.1_VAE.pth)."}),
-            "alpha_vae_name": (list(dict.fromkeys(host.list_models(host.ADAPTER_KIND) + host.list_models("vae"))), {
+            "vae_name": (_choices("vae"), {
+                "tooltip": "Wan2.1 VAE from models/vae (wan_2.1_vae.safetensors or Wan2.1_VAE.pth), or the built-in "
+                           "demo model's."}),
+            "alpha_vae_name": (_choices(host.ADAPTER_KIND, "vae"), {
                 "tooltip": "LayerT2V alpha-matte VAE adapter from models/layert2v (or models/vae): the official "
-                           "mask_vae_lora.pt or a LayerT2V mask VAE .safetensors. It shares the RGB VAE's weights."}),
+                           "mask_vae_lora.pt or a LayerT2V mask VAE .safetensors. It shares the RGB VAE's weights, "
+                           "so pick the one made for that VAE (the built-in demo's goes with the built-in VAE)."}),
             "tiling": (["off", "on"], {
                 "default": "off",
                 "tooltip": "Encode/decode in overlapping spatial tiles to bound VRAM (slightly slower; seams are "
@@ -97,12 +124,9 @@ class LayerT2VVAELoader:
     def load(self, vae_name: str, alpha_vae_name: str, tiling: str, tile_size: int, tile_overlap: int):
         with readable_errors("Load LayerT2V VAE"):
             tile = Tiling(tile_size, tile_overlap) if tiling == "on" else None
-            vae = load_vae(host.model_path("vae", vae_name), device=host.offload_device())
-            try:
-                alpha_path = host.model_path(host.ADAPTER_KIND, alpha_vae_name)
-            except FileNotFoundError:
-                alpha_path = host.model_path("vae", alpha_vae_name)
-            mask_vae = load_mask_vae(vae, alpha_path)
+            vae = load_vae(_model_file(vae_name, "vae", "vae"), dtype=host.default_dtype(),
+                           device=host.offload_device())
+            mask_vae = load_mask_vae(vae, _model_file(alpha_vae_name, "mask_vae", host.ADAPTER_KIND, "vae"))
         return (LoadedVAE(vae, mask_vae, tile),)
 
 
@@ -110,11 +134,13 @@ class LayerT2VTextEncoderLoader:
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
-            "text_encoder_name": (host.list_models("text_encoders"), {
+            "text_encoder_name": (_choices("text_encoders"), {
                 "tooltip": "umt5-xxl from models/text_encoders: umt5_xxl_fp16 / umt5_xxl_fp8_e4m3fn_scaled "
-                           "(ComfyUI's files) or Wan's models_t5_umt5-xxl-enc-bf16.pth."}),
+                           "(ComfyUI's files) or Wan's models_t5_umt5-xxl-enc-bf16.pth; or the built-in demo model's "
+                           "small umt5, which goes with the built-in DiT."}),
             "dtype": (list(DTYPES), {"default": "default",
-                                     "tooltip": "Compute dtype; 'default' keeps the file's (fp8 files run in bf16)."}),
+                                     "tooltip": "Compute dtype; 'default' keeps the file's (fp8 files run in bf16) "
+                                                "on a GPU and uses fp32 on a CPU."}),
         }}
 
     RETURN_TYPES = (TEXT_ENCODER,)
@@ -127,8 +153,8 @@ class LayerT2VTextEncoderLoader:
 
     def load(self, text_encoder_name: str, dtype: str):
         with readable_errors("Load LayerT2V Text Encoder"):
-            encoder = load_text_encoder(host.model_path("text_encoders", text_encoder_name), dtype=DTYPES[dtype],
-                                        device=host.offload_device())
+            encoder = load_text_encoder(_model_file(text_encoder_name, "text_encoder", "text_encoders"),
+                                        dtype=DTYPES[dtype] or host.default_dtype(), device=host.offload_device())
         return (encoder,)
 
 

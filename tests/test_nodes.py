@@ -6,6 +6,7 @@ import shutil
 import pytest
 import torch
 
+from layert2v_core.checkpoints import load_dit
 from layert2v_core.composite import over_background
 from layert2v_core.layers import LayerSpec
 from layert2v_core.pipeline import LayeredVideo
@@ -118,6 +119,30 @@ def test_wrong_file_in_the_adapter_slot_is_explained(parts, comfy_folders):
     shutil.copyfile(models / "vae" / VAE, models / "loras" / "some_vae.safetensors")
     with pytest.raises(LayerT2VInputError, match="not a LayerT2V adapter"):
         node("LayerT2VModelLoader")(DIT, "some_vae.safetensors", "default", "offload between runs")
+
+
+def test_loaders_offer_the_built_in_demo_after_the_users_files(comfy_folders, monkeypatch):
+    from layert2v_core import model_folder
+    from nodes.loaders import BUILTIN
+    demo = model_folder.demo_model_folder()
+    assert demo is not None, "the embedded demo model (models/layert2v-tiny) is part of the repository"
+    choices = {name: NODE_CLASS_MAPPINGS[name].INPUT_TYPES()["required"]
+               for name in ("LayerT2VModelLoader", "LayerT2VVAELoader", "LayerT2VTextEncoderLoader")}
+    for listed in (choices["LayerT2VModelLoader"]["model_name"][0], choices["LayerT2VVAELoader"]["vae_name"][0],
+                   choices["LayerT2VVAELoader"]["alpha_vae_name"][0],
+                   choices["LayerT2VTextEncoderLoader"]["text_encoder_name"][0]):
+        assert listed[-1] == BUILTIN and len(listed) > 1  # the user's files first
+    model = node("LayerT2VModelLoader")(BUILTIN, "none", "default", "offload between runs")[0]
+    vae = node("LayerT2VVAELoader")(BUILTIN, BUILTIN, "off", 256, 64)[0]
+    encoder = node("LayerT2VTextEncoderLoader")(BUILTIN, "default")[0]
+    expected = load_dit(demo / "dit.safetensors", dtype=torch.float32)
+    for name, value in expected.state_dict().items():  # on a CPU 'default' computes in fp32
+        assert torch.equal(model.dit.state_dict()[name], value), name
+    assert vae.vae.conv1.weight.dtype == torch.float32 and vae.mask_vae is not None
+    assert encoder is not None
+    monkeypatch.setattr("nodes.loaders.demo_model_folder", lambda: None)
+    with pytest.raises(LayerT2VInputError, match="built-in demo model is missing"):
+        node("LayerT2VModelLoader")(BUILTIN, "none", "default", "offload between runs")
 
 
 def test_a_plain_latent_is_refused(parts):

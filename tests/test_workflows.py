@@ -1,5 +1,6 @@
-"""The example workflows: API graphs run through the node classes on tiny models, UI graphs name real nodes with
-valid widget values, and the template-browser copies match what workflows/build.py writes."""
+"""The example workflows: API graphs run through the node classes (the built-in demo model's as written, the Wan2.1
+ones on tiny random models at small sizes), UI graphs name real nodes with valid widget values, and the
+template-browser copies match what workflows/build.py writes."""
 import json
 from pathlib import Path
 
@@ -8,14 +9,26 @@ import torch
 
 from layert2v_core.layers import LayerSpec
 from nodes import NODE_CLASS_MAPPINGS
-from workflows.build import CORE_NODES, WORKFLOWS, is_widget, node_inputs, node_outputs, rendered
+from workflows.build import (CORE_NODES, DEMO, PROFILES, WAN21, WORKFLOWS, api_path, is_widget, node_inputs,
+                             node_outputs, rendered)
 
 ROOT = Path(__file__).resolve().parent.parent
-# Small sizes so every graph runs in seconds on a CPU (one frame: the VAE dominates the time and the 5-frame path is
-# covered by tests/test_nodes.py); everything else runs as written.
-FAST = {"LayerT2VEmptyLatent": {"width": 16, "height": 16, "frames": 1},
-        "LayerT2VSampler": {"steps": 2},
-        "EmptyImage": {"width": 24, "height": 20}}
+# What the test changes so every graph runs in seconds on a CPU; everything else runs as written. The demo graphs keep
+# their sizes (the built-in model is made for them). The Wan2.1 graphs run on tiny random models at one small frame
+# (the VAE dominates the time and the 5-frame path is covered by tests/test_nodes.py).
+FAST = {DEMO: {"LayerT2VSampler": {"steps": 3}},
+        WAN21: {"LayerT2VEmptyLatent": {"width": 16, "height": 16, "frames": 1},
+                "LayerT2VSampler": {"steps": 2},
+                "EmptyImage": {"width": 24, "height": 20}}}
+GRAPHS = [pytest.param(profile, name, id=f"{profile.folder or 'demo'}-{name}") for profile in PROFILES
+          for name in WORKFLOWS]
+
+
+def run_size(profile) -> tuple[int, int, int]:
+    """(width, height, frames) a graph runs at under FAST."""
+    empty = {**dict(zip(("width", "height", "frames"), profile.size)),
+             **FAST[profile].get("LayerT2VEmptyLatent", {})}
+    return empty["width"], empty["height"], empty["frames"]
 
 
 class _EmptyImage:
@@ -59,7 +72,7 @@ def check_value(where: str, kind, options: dict, value) -> None:
         assert options.get("min", value) <= value <= options.get("max", value), f"{where}: {value} out of range"
 
 
-def run_api_graph(graph: dict) -> dict:
+def run_api_graph(graph: dict, fast: dict) -> dict:
     """Execute an API-format graph: links resolved in dependency order, every link and literal type-checked."""
     results: dict = {}
 
@@ -90,7 +103,7 @@ def run_api_graph(graph: dict) -> dict:
                 value = execute(value[0], stack + (key,))[value[1]]
             else:
                 check_value(where, kind, options or {}, value)
-                value = FAST.get(class_type, {}).get(name, value)
+                value = fast.get(class_type, {}).get(name, value)
             kwargs[name] = value
         if class_type in CORE:
             out = CORE[class_type]().run(**kwargs)
@@ -107,43 +120,40 @@ def run_api_graph(graph: dict) -> dict:
     return results
 
 
-def load_api(name: str) -> dict:
-    return json.loads((ROOT / "workflows" / "api" / f"{name}.json").read_text())
-
-
 _RUNS: dict = {}
 
 
-def run_once(name: str, output: Path) -> tuple[dict, dict, set]:
-    """(graph, results, names of the files it wrote), computed once per workflow for all tests here."""
-    if name not in _RUNS:
+def run_once(profile, name: str, output: Path) -> tuple[dict, dict, set]:
+    """(graph, results, names of the files it wrote), computed once per graph for all tests here."""
+    if (profile, name) not in _RUNS:
         before = set(output.rglob("*"))
-        graph = load_api(name)
-        results = run_api_graph(graph)
-        _RUNS[name] = graph, results, {p.name for p in set(output.rglob("*")) - before}
-    return _RUNS[name]
+        graph = json.loads((ROOT / api_path(name, profile)).read_text())
+        results = run_api_graph(graph, FAST[profile])
+        _RUNS[profile, name] = graph, results, {p.name for p in set(output.rglob("*")) - before}
+    return _RUNS[profile, name]
 
 
-@pytest.mark.parametrize("name", list(WORKFLOWS))
-def test_api_workflow_runs(name, comfy_folders):
-    graph, results, written = run_once(name, comfy_folders[1])
+@pytest.mark.parametrize("profile, name", GRAPHS)
+def test_api_workflow_runs(profile, name, comfy_folders):
+    graph, results, written = run_once(profile, name, comfy_folders[1])
+    width, height, frames = run_size(profile)
     for key, node in graph.items():
         if node["class_type"] == "LayerT2VDecodeLayers":
             full, background, foreground, alpha, rgba, layers = results[key]
-            frames = FAST["LayerT2VEmptyLatent"]["frames"]
-            assert full.shape == background.shape == foreground.shape == (frames, 16, 16, 3)
-            assert alpha.shape == (frames, 16, 16) and rgba.shape == (frames, 16, 16, 4)
+            assert full.shape == background.shape == foreground.shape == (frames, height, width, 3)
+            assert alpha.shape == (frames, height, width) and rgba.shape == (frames, height, width, 4)
             assert torch.isfinite(rgba).all() and 0 <= float(alpha.min()) and float(alpha.max()) <= 1
         if node["class_type"] == "LayerT2VComposite":
-            assert results[key][0].shape == (1, 16, 16, 3)
+            assert results[key][0].shape == (frames, height, width, 3)
     if any(n["class_type"] == "LayerT2VSaveLayers" for n in graph.values()):
         assert {"manifest.json", "full.mp4", "background.mp4", "fg1.mp4", "alpha1.mp4", "fg1_rgba.webm",
                 "preview.webp"} <= written
 
 
-def test_kept_foreground_workflow_keeps_the_foreground(comfy_folders):
+@pytest.mark.parametrize("profile", PROFILES, ids=lambda p: p.folder or "demo")
+def test_kept_foreground_workflow_keeps_the_foreground(profile, comfy_folders):
     """The second pass ends exactly on the encoded foreground and alpha (strength 0) and generates the rest anew."""
-    graph, results, _ = run_once("layert2v_new_background_kept_foreground", comfy_folders[1])
+    graph, results, _ = run_once(profile, "layert2v_new_background_kept_foreground", comfy_folders[1])
     kept, generated = results["8"][0], results["11"][0]
     assert kept["layert2v"]["kept"] == ["fg1", "mask1"]
     spec = LayerSpec(1)
@@ -153,9 +163,9 @@ def test_kept_foreground_workflow_keeps_the_foreground(comfy_folders):
     assert not torch.allclose(new_parts["bg"], spec.split(results["6"][0]["samples"])["bg"], atol=1e-3)
 
 
-@pytest.mark.parametrize("name", list(WORKFLOWS))
-def test_ui_workflow_names_real_nodes_with_valid_widgets(name):
-    ui = json.loads((ROOT / "workflows" / "ui" / f"{name}.json").read_text())
+@pytest.mark.parametrize("profile, name", GRAPHS)
+def test_ui_workflow_names_real_nodes_with_valid_widgets(profile, name, comfy_folders):
+    ui = json.loads((ROOT / "workflows" / "ui" / profile.folder / f"{name}.json").read_text())
     by_id = {node["id"]: node for node in ui["nodes"]}
     for node in ui["nodes"]:
         class_type = node["type"]

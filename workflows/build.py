@@ -1,27 +1,82 @@
-"""The example workflows, defined once here and written in both ComfyUI formats.
+"""The example workflows, defined once here and written in both ComfyUI formats, for two models.
 
     python workflows/build.py          # rewrite workflows/api, workflows/ui and example_workflows/
 
-API format (workflows/api/*.json) is what POST /prompt takes; UI format (workflows/ui/*.json) is what the editor
-loads by drag and drop. example_workflows/ (ComfyUI's template browser folder) holds copies of the UI files: real
-files rather than symlinks, which Windows checkouts turn into plain text; tests/test_workflows.py fails if any
-copy differs from what this script writes. The API and UI files are kept in sub-folders because ComfyUI lists
-every *.json directly inside a node pack's workflows/ folder as a template.
+Each graph exists for the built-in demo model (workflows/{api,ui}/*.json: runs on a fresh ComfyUI with no
+downloads, 48x48 synthetic shapes) and for Wan2.1 T2V 1.3B + a LayerT2V adapter (workflows/{api,ui}/wan21/*.json).
+API format is what POST /prompt takes; UI format is what the editor loads by drag and drop. example_workflows/
+(ComfyUI's template browser folder) holds copies of the built-in demo's UI files: real files rather than symlinks,
+which Windows checkouts turn into plain text; tests/test_workflows.py fails if any copy differs from what this script
+writes. The API and UI files are kept in sub-folders because ComfyUI lists every *.json directly inside a node
+pack's workflows/ folder as a template.
 """
 from __future__ import annotations
 
 import json
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:  # run as a script
+    sys.path.insert(0, str(ROOT))
 
-# Files as ComfyUI users name them; the tests and the server check put tiny models under these names.
+from layert2v_core.model_folder import DEMO_MODEL_LABEL as BUILTIN  # noqa: E402
+
+# The real-weights files as ComfyUI users name them; the tests put tiny models under these names.
 DIT = "wan2.1_t2v_1.3B_fp16.safetensors"
 ADAPTER = "layert2v_adapter.safetensors"
 VAE = "wan_2.1_vae.safetensors"
 ALPHA_VAE = "layert2v_mask_vae.safetensors"
 TEXT_ENCODER = "umt5_xxl_fp8_e4m3fn_scaled.safetensors"
+
+
+@dataclass(frozen=True, eq=False)  # compared and hashed by identity
+class Profile:
+    """The model a set of workflows loads, the sizes and sampling it was made for, and prompts it understands."""
+
+    folder: str  # where its files go under workflows/api and workflows/ui ("" = directly)
+    files: dict  # loader widget -> file name
+    size: tuple[int, int, int]  # width, height, frames
+    sampling: dict  # steps, cfg, shift
+    fps: float
+    prompts: dict  # workflow -> list of (full, background, [foregrounds])
+
+
+# The built-in demo knows only train/synthetic.py's world: coloured shapes moving over textured backgrounds.
+DEMO = Profile(
+    folder="", files={"model_name": BUILTIN, "adapter_name": "none", "vae_name": BUILTIN,
+                      "alpha_vae_name": BUILTIN, "text_encoder_name": BUILTIN},
+    size=(48, 48, 9), sampling={"steps": 25, "cfg": 4.0, "shift": 3.0}, fps=8.0, prompts={
+        "text_to_layers": [("a red star moves right over a blue striped background", "a blue striped background",
+                            ["a red star"])],
+        "two_foregrounds": [("a yellow circle moves up and a cyan square moves left over a green checkered "
+                             "background", "a green checkered background", ["a yellow circle", "a cyan square"])],
+        "background_replacement": [("a magenta diamond moves down over an orange gradient background",
+                                    "an orange gradient background", ["a magenta diamond"])],
+        "new_background_kept_foreground": [
+            ("a white triangle moves right over a grey noise background", "a grey noise background",
+             ["a white triangle"]),
+            ("a white triangle moves right over a blue striped background", "a blue striped background",
+             ["a white triangle"])],
+    })
+# Wan2.1 T2V 1.3B with a LayerT2V adapter: the files to download are listed in the README.
+WAN21 = Profile(
+    folder="wan21", files={"model_name": DIT, "adapter_name": ADAPTER, "vae_name": VAE, "alpha_vae_name": ALPHA_VAE,
+                           "text_encoder_name": TEXT_ENCODER},
+    size=(672, 384, 41), sampling={"steps": 30, "cfg": 5.0, "shift": 5.0}, fps=16.0, prompts={
+        "text_to_layers": [("a red fox trotting across a snowy meadow at sunrise", "a snowy meadow at sunrise",
+                            ["a red fox trotting"])],
+        "two_foregrounds": [("a dog and a cat playing on a wooden porch", "an empty wooden porch in the afternoon",
+                             ["a brown dog", "a grey cat"])],
+        "background_replacement": [("a hot air balloon drifting over green hills",
+                                    "green rolling hills under a blue sky", ["a colourful hot air balloon"])],
+        "new_background_kept_foreground": [
+            ("a person walking a dog along a beach", "a sandy beach with waves", ["a person walking a dog"]),
+            ("a person walking a dog along a city street at night", "a city street at night with neon signs",
+             ["a person walking a dog"])],
+    })
+PROFILES = (DEMO, WAN21)
 
 # The core ComfyUI nodes these workflows use: (input name, type, widget options) in order, and output types.
 CORE_NODES = {
@@ -35,23 +90,25 @@ CORE_NODES = {
 WIDGET_TYPES = ("INT", "FLOAT", "STRING", "BOOLEAN", "COMBO")
 
 
-def _loaders() -> dict:
+def _loaders(p: Profile) -> dict:
+    f = p.files
     return {
         "1": {"class_type": "LayerT2VModelLoader",
-              "inputs": {"model_name": DIT, "adapter_name": ADAPTER, "weight_dtype": "default",
+              "inputs": {"model_name": f["model_name"], "adapter_name": f["adapter_name"], "weight_dtype": "default",
                          "offload": "offload between runs"}},
         "2": {"class_type": "LayerT2VVAELoader",
-              "inputs": {"vae_name": VAE, "alpha_vae_name": ALPHA_VAE, "tiling": "off", "tile_size": 256,
-                         "tile_overlap": 64}},
+              "inputs": {"vae_name": f["vae_name"], "alpha_vae_name": f["alpha_vae_name"], "tiling": "off",
+                         "tile_size": 256, "tile_overlap": 64}},
         "3": {"class_type": "LayerT2VTextEncoderLoader",
-              "inputs": {"text_encoder_name": TEXT_ENCODER, "dtype": "default"}},
+              "inputs": {"text_encoder_name": f["text_encoder_name"], "dtype": "default"}},
     }
 
 
-def _generation(first: int, n: int, full: str, bg: str, fgs: list[str], seed: int, latent=None) -> dict:
+def _generation(p: Profile, first: int, prompts: tuple, seed: int, latent=None) -> dict:
     """Text encode, (empty latent), sampler and decode nodes numbered from `first`."""
-    ids = [str(first + i) for i in range(4)]
-    text, empty, sampler, decode = ids
+    full, bg, fgs = prompts
+    n = len(fgs)
+    text, empty, sampler, decode = [str(first + i) for i in range(4)]
     graph = {
         text: {"class_type": "LayerT2VTextEncode",
                "inputs": {"num_foregrounds": n, "full_prompt": full, "background_prompt": bg,
@@ -60,73 +117,68 @@ def _generation(first: int, n: int, full: str, bg: str, fgs: list[str], seed: in
                           "text_encoder": ["3", 0]}},
         sampler: {"class_type": "LayerT2VSampler",
                   "inputs": {"model": ["1", 0], "conditioning": [text, 0], "latent": latent or [empty, 0],
-                             "seed": seed, "steps": 30, "cfg": 5.0, "shift": 5.0, "solver": "unipc",
-                             "routing": "checkpoint", "denoise": 1.0}},
+                             "seed": seed, **p.sampling, "solver": "unipc", "routing": "checkpoint",
+                             "denoise": 1.0}},
         decode: {"class_type": "LayerT2VDecodeLayers",
                  "inputs": {"vae": ["2", 0], "latent": [sampler, 0], "foreground_index": 1}},
     }
     if latent is None:
+        width, height, frames = p.size
         graph[empty] = {"class_type": "LayerT2VEmptyLatent",
-                        "inputs": {"width": 672, "height": 384, "frames": 41, "num_foregrounds": n}}
+                        "inputs": {"width": width, "height": height, "frames": frames, "num_foregrounds": n}}
     return graph
 
 
-def _save_layers(node_id: str, layers: list, prefix: str) -> dict:
+def _save_layers(p: Profile, node_id: str, layers: list, prefix: str) -> dict:
     return {node_id: {"class_type": "LayerT2VSaveLayers",
-                      "inputs": {"layers": layers, "filename_prefix": prefix, "fps": 16.0,
+                      "inputs": {"layers": layers, "filename_prefix": prefix, "fps": p.fps,
                                  "rgba_format": "webm (VP9 alpha)"}}}
 
 
-def _save_webp(node_id: str, images: list, prefix: str) -> dict:
+def _save_webp(p: Profile, node_id: str, images: list, prefix: str) -> dict:
     return {node_id: {"class_type": "SaveAnimatedWEBP",
-                      "inputs": {"images": images, "filename_prefix": prefix, "fps": 16.0, "lossless": False,
+                      "inputs": {"images": images, "filename_prefix": prefix, "fps": p.fps, "lossless": False,
                                  "quality": 90, "method": "default"}}}
 
 
-def text_to_layers() -> dict:
-    graph = {**_loaders(), **_generation(4, 1, "a red fox trotting across a snowy meadow at sunrise",
-                                         "a snowy meadow at sunrise", ["a red fox trotting"], seed=42)}
-    graph.update(_save_layers("8", ["7", 5], "LayerT2V/fox"))
-    graph.update(_save_webp("9", ["7", 4], "LayerT2V/fox_rgba"))  # the RGBA IMAGE into a core save node
+def text_to_layers(p: Profile) -> dict:
+    graph = {**_loaders(p), **_generation(p, 4, p.prompts["text_to_layers"][0], seed=42)}
+    graph.update(_save_layers(p, "8", ["7", 5], "LayerT2V/text_to_layers"))
+    graph.update(_save_webp(p, "9", ["7", 4], "LayerT2V/text_to_layers_rgba"))  # the RGBA IMAGE into a core node
     return graph
 
 
-def two_foregrounds() -> dict:
-    graph = {**_loaders(), **_generation(4, 2, "a dog and a cat playing on a wooden porch",
-                                         "an empty wooden porch in the afternoon", ["a brown dog", "a grey cat"],
-                                         seed=7)}
-    graph.update(_save_layers("8", ["7", 5], "LayerT2V/porch"))
+def two_foregrounds(p: Profile) -> dict:
+    graph = {**_loaders(p), **_generation(p, 4, p.prompts["two_foregrounds"][0], seed=7)}
+    graph.update(_save_layers(p, "8", ["7", 5], "LayerT2V/two_foregrounds"))
     graph["9"] = {"class_type": "LayerT2VDecodeLayers",
                   "inputs": {"vae": ["2", 0], "latent": ["6", 0], "foreground_index": 2}}
     # MASK is 1 - alpha, so core Join Image with Alpha rebuilds the RGBA of foreground 2 directly.
     graph["10"] = {"class_type": "JoinImageWithAlpha", "inputs": {"image": ["9", 2], "alpha": ["9", 3]}}
-    graph.update(_save_webp("11", ["10", 0], "LayerT2V/porch_cat_rgba"))
+    graph.update(_save_webp(p, "11", ["10", 0], "LayerT2V/two_foregrounds_fg2_rgba"))
     return graph
 
 
-def background_replacement() -> dict:
-    graph = {**_loaders(), **_generation(4, 1, "a hot air balloon drifting over green hills",
-                                         "green rolling hills under a blue sky", ["a colourful hot air balloon"],
-                                         seed=3)}
+def background_replacement(p: Profile) -> dict:
+    graph = {**_loaders(p), **_generation(p, 4, p.prompts["background_replacement"][0], seed=3)}
     # Any IMAGE batch works here: Load Image, a loaded video's frames ...; a solid colour keeps the example offline.
-    graph["8"] = {"class_type": "EmptyImage", "inputs": {"width": 672, "height": 384, "batch_size": 1,
-                                                         "color": 0xF0A040}}
+    width, height, _ = p.size
+    graph["8"] = {"class_type": "EmptyImage", "inputs": {"width": width, "height": height, "batch_size": 1,
+                                                         "color": 0x3080F0}}
     graph["9"] = {"class_type": "LayerT2VComposite", "inputs": {"layers": ["7", 5], "background": ["8", 0]}}
-    graph.update(_save_webp("10", ["9", 0], "LayerT2V/balloon_new_background"))
+    graph.update(_save_webp(p, "10", ["9", 0], "LayerT2V/new_background"))
     return graph
 
 
-def new_background_kept_foreground() -> dict:
-    graph = {**_loaders(), **_generation(4, 1, "a person walking a dog along a beach",
-                                         "a sandy beach with waves", ["a person walking a dog"], seed=11)}
+def new_background_kept_foreground(p: Profile) -> dict:
+    first, second = p.prompts["new_background_kept_foreground"]
+    graph = {**_loaders(p), **_generation(p, 4, first, seed=11)}
     # Keep the first pass's foreground and its alpha (LoadImage's IMAGE + MASK of an RGBA clip plug in the same way).
     graph["8"] = {"class_type": "LayerT2VEncodeLayers",
                   "inputs": {"vae": ["2", 0], "latent": ["5", 0], "strength": 0.0, "foreground_1": ["7", 2],
                              "alpha_1": ["7", 3]}}
-    graph.update(_generation(9, 1, "a person walking a dog along a city street at night",
-                             "a city street at night with neon signs", ["a person walking a dog"], seed=12,
-                             latent=["8", 0]))
-    graph.update(_save_layers("13", ["12", 5], "LayerT2V/new_background"))
+    graph.update(_generation(p, 9, second, seed=12, latent=["8", 0]))
+    graph.update(_save_layers(p, "13", ["12", 5], "LayerT2V/kept_foreground"))
     return graph
 
 
@@ -210,17 +262,22 @@ def ui_workflow(api: dict, node_classes: dict) -> dict:
 def rendered(node_classes: dict) -> dict[Path, str]:
     """Every file this script writes, relative to the repository root, with its exact text."""
     files = {}
-    for name, build in WORKFLOWS.items():
-        api = build()
-        ui = json.dumps(ui_workflow(api, node_classes), indent=2, ensure_ascii=False) + "\n"
-        files[Path("workflows/api") / f"{name}.json"] = json.dumps(api, indent=2, ensure_ascii=False) + "\n"
-        files[Path("workflows/ui") / f"{name}.json"] = ui
-        files[Path("example_workflows") / f"{name}.json"] = ui
+    for profile in PROFILES:
+        for name, build in WORKFLOWS.items():
+            api = build(profile)
+            ui = json.dumps(ui_workflow(api, node_classes), indent=2, ensure_ascii=False) + "\n"
+            files[api_path(name, profile)] = json.dumps(api, indent=2, ensure_ascii=False) + "\n"
+            files[Path("workflows/ui") / profile.folder / f"{name}.json"] = ui
+            if profile is DEMO:  # the template browser gets the graphs that run with no downloads
+                files[Path("example_workflows") / f"{name}.json"] = ui
     return files
 
 
+def api_path(name: str, profile: Profile) -> Path:
+    return Path("workflows/api") / profile.folder / f"{name}.json"
+
+
 def main() -> None:
-    sys.path.insert(0, str(ROOT))
     from nodes import NODE_CLASS_MAPPINGS
 
     for relative, text in rendered(NODE_CLASS_MAPPINGS).items():
