@@ -244,6 +244,16 @@ def test_decode_layers_mask_polarity_and_rgba(parts):
         node("LayerT2VDecodeLayers")(vae, latent, 3)
 
 
+def test_nodes_run_in_inference_mode_as_comfyui_runs_them(parts):
+    """Inference tensors have no version counter; decoding the same latent twice reuses the first decode."""
+    model, vae, encoder = parts
+    with torch.inference_mode():
+        latent = run_sampler(model, encode(encoder, n=1), empty(n=1))
+        first = node("LayerT2VDecodeLayers")(vae, latent, 1)
+        again = node("LayerT2VDecodeLayers")(vae, latent, 1)
+    assert again[5] is first[5]
+
+
 def test_encode_layers_checks_what_is_connected(parts):
     _, vae, _ = parts
     frames = torch.rand(5, 16, 16, 3)
