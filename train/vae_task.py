@@ -1,8 +1,8 @@
 """A Wan2.1-architecture video VAE trained from scratch: what a demo model without Wan's weights needs.
 
 Real LayerT2V runs use Wan's own VAE; this trains the same architecture (any width) on the RGB layers of a
-dataset (full, background and premultiplied foregrounds) with L1 + a small KL term, then measures the latent
-mean/std the DiT's latents are normalised by and stores them in the file.
+dataset (full, background and premultiplied foregrounds) with an L1 that can weigh foreground pixels more and a
+small KL term, then measures the latent mean/std the DiT's latents are normalised by and stores them in the file.
 """
 from __future__ import annotations
 
@@ -26,8 +26,8 @@ def initialise_for_training(vae: WanVAE) -> None:
     """He-normal convolutions with zero bias, and a narrow posterior.
 
     PyTorch's default init shrinks the signal at every conv while the biases stay, so after the encoder's ~20 convs
-    and per-pixel RMS norms the code barely depends on the input (measured: its spread across a batch was 1% of its
-    spread in space) and training sits at a constant output for hundreds of steps. Unit posterior noise at the
+    and per-pixel RMS norms the code barely depends on the input (measured: its spread across inputs was 1-18% of its
+    spread overall) and training sits at a constant output for hundreds of steps. Unit posterior noise at the
     start would likewise swamp the code."""
     for module in vae.modules():
         if isinstance(module, (torch.nn.Conv2d, torch.nn.Conv3d)):
