@@ -75,6 +75,23 @@ def test_vae_from_scratch_starts_with_a_code_that_depends_on_the_input(world, tm
     assert log_var.exp().sqrt().mean() < 0.1  # unit noise (log-variance 0) would swamp the code
 
 
+def test_vae_from_scratch_passes_frames_through_on_their_own(world, tmp_path):
+    """Single-frame training reaches only the current-frame slice of each causal kernel; at init the other slices
+    and the temporal resamplers must not mix frames, so a clip decodes each latent frame like a picture: a still clip
+    gives still latent frames and 9 equal decoded frames, each equal to the picture's own reconstruction."""
+    cfg = config(world, tmp_path / "vae", "--data", str(world / "multi"), "--max-foregrounds", "2")
+    vae = VAETask(cfg, width=8).module
+    picture = torch.rand(1, 3, 1, 32, 32) * 2 - 1
+    with torch.no_grad():
+        mu_clip, _ = vae.encode_moments(picture.expand(-1, -1, 9, -1, -1))
+        mu_picture, _ = vae.encode_moments(picture)
+        clip = stream_decode(vae.decoder, vae.conv2, mu_clip)
+        alone = stream_decode(vae.decoder, vae.conv2, mu_picture)
+    assert mu_clip.shape[2] == 3
+    assert (mu_clip - mu_picture).abs().max() < 1e-5
+    assert (clip - alone).abs().max() < 1e-4, (clip - alone).abs().amax(dim=(0, 1, 3, 4))
+
+
 def test_vae_loss_weighs_foreground_pixels(world, tmp_path):
     """With foreground_weight w, a pixel under alpha 1 counts 1 + w times a background pixel, normalised so a
     uniform error gives the same loss."""
