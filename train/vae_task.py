@@ -12,7 +12,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from layert2v_core.vae import AttentionBlock, CausalConv3d, Resample, VAEConfig, WanVAE, load_vae, save_vae, stream_decode
+from layert2v_core.vae import (AttentionBlock, CausalConv3d, Resample, VAEConfig, WanVAE, load_vae, save_vae,
+                               stream_decode)
 
 from .config import TrainConfig
 from .data import LayeredVideoDataset, collate_layered

@@ -22,6 +22,7 @@ if str(ROOT) not in sys.path:  # run as a script
     sys.path.insert(0, str(ROOT))
 
 from layert2v_core.model_folder import DEMO_MODEL_LABEL as BUILTIN  # noqa: E402
+from layert2v_core.model_folder import demo_model_folder, generation_settings  # noqa: E402
 
 # The real-weights files as ComfyUI users name them; the tests put tiny models under these names.
 DIT = "wan2.1_t2v_1.3B_fp16.safetensors"
@@ -43,11 +44,16 @@ class Profile:
     prompts: dict  # workflow -> list of (full, background, [foregrounds])
 
 
-# The built-in demo knows only train/synthetic.py's world: coloured shapes moving over textured backgrounds.
+# The built-in demo knows only train/synthetic.py's world: coloured shapes moving over textured backgrounds. Its size
+# and sampling are those its build wrote to generation.json.
+_demo = generation_settings(demo_model_folder())
+if not _demo:
+    raise SystemExit("models/layert2v-tiny/generation.json is missing: run python train/build_demo.py")
 DEMO = Profile(
     folder="", files={"model_name": BUILTIN, "adapter_name": "none", "vae_name": BUILTIN,
                       "alpha_vae_name": BUILTIN, "text_encoder_name": BUILTIN},
-    size=(48, 48, 9), sampling={"steps": 25, "cfg": 4.0, "shift": 3.0}, fps=8.0, prompts={
+    size=(_demo["width"], _demo["height"], _demo["frames"]),
+    sampling={"steps": _demo["steps"], "cfg": _demo["cfg"], "shift": _demo["shift"]}, fps=_demo["fps"], prompts={
         "text_to_layers": [("a red star moves right over a blue striped background", "a blue striped background",
                             ["a red star"])],
         "two_foregrounds": [("a yellow circle moves up and a cyan square moves left over a green checkered "
