@@ -22,8 +22,13 @@ def temporary_path(path: str | os.PathLike, suffix: str = ".tmp") -> str:
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
     os.close(fd)
-    os.chmod(tmp, 0o666 & ~_umask())
+    give_plain_permissions(tmp)
     return tmp
+
+
+def give_plain_permissions(path: str | os.PathLike) -> None:
+    """Read-write for the owner, readable by others as the umask allows: what open() would have made."""
+    os.chmod(path, 0o666 & ~_umask())
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:

@@ -215,3 +215,14 @@ def test_wrong_file_in_adapter_slot(tmp_path):
                      tmp_path / "foreign.safetensors", lora_alpha=2)
     with pytest.raises(CheckpointError, match="does not fit this DiT"):
         load_dit(base, adapter=tmp_path / "foreign.safetensors")
+
+
+def test_saved_weights_get_the_permissions_open_would_give(tmp_path):
+    """safetensors writes its files private (0600); a shared model folder must stay readable to other users."""
+    import os
+    old = os.umask(0o022)
+    try:
+        save_weights_atomic({"w": torch.zeros(2)}, tmp_path / "w.safetensors")
+    finally:
+        os.umask(old)
+    assert oct(os.stat(tmp_path / "w.safetensors").st_mode & 0o777) == oct(0o644)
