@@ -165,8 +165,8 @@ def model_card(report: dict, build: dict | None, previews: list | None = None) -
             f"- VAE (Wan2.1 architecture, from scratch): width {plan['vae_width']}; {plan['vae_image_steps']} steps "
             f"on batches of {plan['vae_image_batch']} single frames at lr {plan['vae_lr']}, then "
             f"{plan['vae_steps']} on batches of {plan['vae_batch']} {plan['frames']}-frame clips at lr "
-            f"{plan['vae_clip_lr']}; L1 "
-            f"with foreground pixels weighted 1 + {plan['vae_foreground_weight']}·alpha. Stage 1 (alpha VAE): "
+            f"{plan['vae_clip_lr']}; L1 with foreground pixels weighted 1 + {plan['vae_foreground_weight']}·alpha. "
+            f"Stage 1 (alpha VAE): "
             f"{plan['mask_steps']} steps",
             f"- DiT: {plan['dit']}, text dim {plan['text_dim']}; stage 2 (full weights, single foreground): "
             f"{plan['stage2_steps']} steps; stage 3 (up to 3 foregrounds): {plan['stage3_steps']} steps; "

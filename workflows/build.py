@@ -21,8 +21,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # run as a script
     sys.path.insert(0, str(ROOT))
 
-from layert2v_core.model_folder import DEMO_MODEL_LABEL as BUILTIN  # noqa: E402
-from layert2v_core.model_folder import demo_model_folder, generation_settings  # noqa: E402
+from layert2v_core.model_folder import DEMO_MODEL_LABEL as BUILTIN, demo_model_folder, generation_settings  # noqa: E402
 
 # The real-weights files as ComfyUI users name them; the tests put tiny models under these names.
 DIT = "wan2.1_t2v_1.3B_fp16.safetensors"
