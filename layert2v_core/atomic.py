@@ -1,13 +1,14 @@
 """Atomic writes: a reader never sees half a file or half a folder."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import tempfile
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 
 def _umask() -> int:
@@ -16,32 +17,28 @@ def _umask() -> int:
     return mask
 
 
-def temporary_path(path: str | os.PathLike, suffix: str = ".tmp") -> str:
-    """A new empty file beside `path` to write and then rename over it, with the permissions a plain open gives
-    (mkstemp makes it private, which would leave saved models unreadable to other users)."""
+@contextlib.contextmanager
+def replacing(path: str | os.PathLike, suffix: str = ".tmp") -> Iterator[str]:
+    """A new temporary file beside `path` for a writer to fill. When the block ends, it gets the permissions a plain
+    open() gives and is renamed over `path`; if the block raises, it is removed and `path` stays as it was."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
     os.close(fd)
-    give_plain_permissions(tmp)
-    return tmp
-
-
-def give_plain_permissions(path: str | os.PathLike) -> None:
-    """Read-write for the owner, readable by others as the umask allows: what open() would have made."""
-    os.chmod(path, 0o666 & ~_umask())
-
-
-def write_text(path: str | os.PathLike, text: str) -> None:
-    """Text through a temporary file in the same folder, then a rename."""
-    path = Path(path)
-    tmp = temporary_path(path)
     try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
+        yield tmp
+        # mkstemp, and writers that re-create the file (safetensors), make it private: saved models would be
+        # unreadable to other users
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def write_text(path: str | os.PathLike, text: str) -> None:
+    """Text through a temporary file in the same folder, then a rename."""
+    with replacing(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
 
 
 def write_json(path: str | os.PathLike, data: Any) -> None:

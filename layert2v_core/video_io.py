@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from .atomic import replace_folder, temporary_path
+from .atomic import replace_folder, replacing
 
 VIDEO_FORMATS = {".mp4": "h264", ".webm": "vp9", ".mov": "prores4444"}
 # Codecs a container may take instead of its default (an opaque H.264 .mov is common in editing).
@@ -341,14 +341,9 @@ def write_animated_webp(video: Any, path: str | os.PathLike, fps: float, lossles
     path = Path(path)
     frames = _quantize(_normalize_frames(video_to_frames(video)), 8)
     images = [Image.fromarray(np.ascontiguousarray(f)) for f in frames]
-    tmp = temporary_path(path, suffix=".webp")
-    try:
+    with replacing(path, suffix=".webp") as tmp:
         images[0].save(tmp, format="WEBP", save_all=True, append_images=images[1:],
                        duration=max(1, round(1000 / fps)), loop=0, quality=85, lossless=lossless)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def video_to_frames(video: Any) -> Any:

@@ -16,7 +16,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from .atomic import give_plain_permissions, temporary_path
+from .atomic import replacing
 
 FP8_DTYPES = tuple(getattr(torch, n) for n in ("float8_e4m3fn", "float8_e5m2") if hasattr(torch, n))
 # Scaled-fp8 side tensors: per-weight scales (two spellings across ComfyUI versions) and input-side extras.
@@ -174,15 +174,9 @@ def save_weights_atomic(tensors: Mapping[str, torch.Tensor], path: str | os.Path
     """Write a safetensors file through a temporary file and a rename, so a crash never leaves half a file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temporary_path(path)
-    try:
+    with replacing(path) as tmp:
         save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp,
                   metadata={k: str(v) for k, v in (metadata or {}).items()})
-        give_plain_permissions(tmp)  # safetensors re-creates the file private (0600)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def file_hash(path: str | os.PathLike, chunk: int = 1 << 24) -> str:

@@ -38,7 +38,7 @@ from typing import Any, Iterable, Sequence
 
 import torch
 
-from layert2v_core.atomic import replace_folder, write_json
+from layert2v_core.atomic import replace_folder, write_json, write_text
 from layert2v_core.video_io import video_to_frames, write_video
 
 METADATA = "metadata.json"
@@ -142,13 +142,7 @@ def write_jsonl(path: str | os.PathLike, folders: Iterable[str | os.PathLike]) -
             "background_prompt": entry.caption_background,
         })
     target.parent.mkdir(parents=True, exist_ok=True)
-    temporary = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        temporary.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
-        os.replace(temporary, target)
-    finally:
-        if temporary.exists():
-            temporary.unlink()
+    write_text(target, "".join(json.dumps(row) + "\n" for row in rows))
     return target
 
 
