@@ -7,6 +7,7 @@ diffusers' `WanTransformer3DModel` (one file or a sharded folder). Adapters: the
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 from pathlib import Path
@@ -14,11 +15,13 @@ from typing import Callable, Mapping
 
 import torch
 
-from .dit import DiTConfig, WanDiT
+from .dit import ROPE_MODES, DiTConfig, WanDiT
 from .layers import ROUTING_POLICIES
 from .mask_vae import FORMAT_NAME as MASK_VAE_FORMAT
 from .weights import (CheckpointError, WeightSource, assign_weights, is_side_tensor, open_weights, read_tensor,
                       save_weights_atomic)
+
+log = logging.getLogger(__name__)
 
 COMFY_PREFIX = "model.diffusion_model."
 LAYER_ADALN_KEY = "layer_adaln.layer_modulation"
@@ -124,11 +127,13 @@ def infer_config(shape: Callable[[str], torch.Size], keys: set[str], known: Mapp
 # ---- adapters ----
 
 class Adapter:
-    """LoRA pairs to merge and whole tensors to replace, keyed by original module / tensor names."""
+    """LoRA pairs to merge and whole tensors to replace, keyed by original module / tensor names; `settings` holds
+    the DiTConfig values the adapter was trained with (e.g. rope)."""
 
     def __init__(self, lora: dict[str, tuple[torch.Tensor, torch.Tensor, float]], tensors: dict[str, torch.Tensor],
-                 routing_policy: str, source: str):
+                 routing_policy: str, source: str, settings: Mapping | None = None):
         self.lora, self.tensors, self.routing_policy, self.source = lora, tensors, routing_policy, source
+        self.settings = dict(settings or {})
 
     def reader(self, key: str, base: Callable[[], torch.Tensor]) -> Callable[[], torch.Tensor]:
         if key in self.tensors:
@@ -149,8 +154,48 @@ def _normalise_adapter_key(key: str) -> str:
     return key.replace(".modules_to_save.default.", ".").replace(".default.", ".")
 
 
+OFFICIAL_RUN_CONFIG = "config.yaml"
+
+
+def official_run_config(folder: str | os.PathLike) -> tuple[Path, dict] | None:
+    """The official trainer's run config.yaml in an adapter folder or its parent, parsed; None if there is none."""
+    import yaml
+
+    folder = Path(folder)
+    for candidate in (folder / OFFICIAL_RUN_CONFIG, folder.parent / OFFICIAL_RUN_CONFIG):
+        if candidate.is_file():
+            try:
+                config = yaml.safe_load(candidate.read_text())
+            except yaml.YAMLError as err:
+                raise CheckpointError(f"{candidate} is not valid YAML ({err}); fix or remove it") from None
+            if not isinstance(config, dict):
+                raise CheckpointError(f"{candidate}: expected the official run config (a mapping), got "
+                                      f"{type(config).__name__}")
+            return candidate, config
+    return None
+
+
+def rope_settings(run_config: Mapping, where: str) -> dict:
+    """DiTConfig rope values from an official run config's use_4d_rope and rope_dim_ratios ("8,42,40,38")."""
+    use_4d = run_config.get("use_4d_rope")
+    if use_4d is None:
+        return {}
+    if not isinstance(use_4d, bool):
+        raise CheckpointError(f"{where}: use_4d_rope must be true or false, got {use_4d!r}")
+    if not use_4d:
+        return {"rope": "3d"}
+    ratios = run_config.get("rope_dim_ratios")
+    if isinstance(ratios, str):
+        try:
+            ratios = [int(d) for d in ratios.split(",")]
+        except ValueError:
+            raise CheckpointError(f"{where}: rope_dim_ratios must be four integers like \"8,42,40,38\", got "
+                                  f"{ratios!r}") from None
+    return {"rope": "4d", "rope_dims": tuple(ratios) if ratios else None}
+
+
 def load_adapter(path: str | os.PathLike) -> Adapter:
-    """Read an official LayerT2V PEFT folder or our single-file adapter."""
+    """Read an official LayerT2V PEFT folder (with its run config.yaml when beside it) or our single-file adapter."""
     path = Path(path)
     if path.is_dir() and (path / "adapter_config.json").exists():
         config = json.loads((path / "adapter_config.json").read_text())
@@ -166,7 +211,15 @@ def load_adapter(path: str | os.PathLike) -> Adapter:
             a = next((v for k, v in alpha_pattern.items() if module.endswith(k)), alpha)
             r = next((v for k, v in rank_pattern.items() if module.endswith(k)), rank)
             return a / (r ** 0.5 if rslora else r)
-        return _build_adapter(source, scale_for, "official", f"PEFT folder {path}")
+        found = official_run_config(path)
+        if found is None:
+            settings = {"rope": "3d"}
+            log.info("%s: no official run config.yaml in the folder or its parent; using 3D RoPE (the official "
+                     "training configs' use_4d_rope: false); pass rope='4d' if the run trained with 4D RoPE", path)
+        else:
+            settings = {"rope": "3d", **rope_settings(found[1], str(found[0]))}
+            log.info("%s: %s RoPE, from %s", path, settings["rope"].upper(), found[0])
+        return _build_adapter(source, scale_for, "official", f"PEFT folder {path}", settings)
     source = open_weights(path)
     if source.metadata.get("format") == MASK_VAE_FORMAT:
         raise CheckpointError(f"{path} is the LayerT2V alpha-matte (mask) VAE, not the DiT adapter; load it as the "
@@ -185,15 +238,19 @@ def load_adapter(path: str | os.PathLike) -> Adapter:
                                   f"an ordinary Wan LoRA; the adapter slot needs the LayerT2V adapter")
     policy = meta.get("routing_policy", "paper")
     alpha = meta.get("lora_alpha")
+    # Adapters written before 4D RoPE existed carry no rope entry: they were trained with Wan's 3D RoPE.
+    settings = {"rope": meta.get("rope", "3d")}
+    if meta.get("rope_dims") is not None:
+        settings["rope_dims"] = tuple(meta["rope_dims"])
 
     def scale_for(module: str) -> float:
         rank = source[f"{module}.lora_A.weight"].shape[0]
         return (alpha if alpha is not None else rank) / rank
-    return _build_adapter(source, scale_for, policy, f"adapter {path}")
+    return _build_adapter(source, scale_for, policy, f"adapter {path}", settings)
 
 
 def _build_adapter(source: Mapping[str, torch.Tensor], scale_for: Callable[[str], float], policy: str,
-                   what: str) -> Adapter:
+                   what: str, settings: Mapping | None = None) -> Adapter:
     if policy not in ROUTING_POLICIES:
         raise CheckpointError(f"{what}: unknown routing policy {policy!r}")
     lora, tensors, downs, ups = {}, {}, {}, {}
@@ -210,14 +267,20 @@ def _build_adapter(source: Mapping[str, torch.Tensor], scale_for: Callable[[str]
         if module not in ups:
             raise CheckpointError(f"{what}: {module} has lora_A but no lora_B; the adapter is incomplete")
         lora[module] = (down, ups[module], scale_for(module))
-    return Adapter(lora, tensors, policy, what)
+    if settings and settings.get("rope", "3d") not in ROPE_MODES:
+        raise CheckpointError(f"{what}: unknown rope {settings['rope']!r}; expected one of {ROPE_MODES}")
+    return Adapter(lora, tensors, policy, what, settings)
 
 
 # ---- loading ----
 
 def load_dit(path: str | os.PathLike, dtype: torch.dtype | None = None, device: str | torch.device = "cpu",
-             adapter: str | os.PathLike | None = None, num_heads: int | None = None) -> WanDiT:
+             adapter: str | os.PathLike | None = None, num_heads: int | None = None, rope: str | None = None,
+             rope_dims: tuple[int, int, int, int] | None = None) -> WanDiT:
     """Load a Wan2.1 T2V DiT (any supported layout, fp8 included) and optionally a LayerT2V adapter on top.
+
+    rope: "3d" (Wan's) or "4d" (the official layer axis); None takes what the adapter records (an official run's
+    config.yaml, our adapter's metadata), else the checkpoint's, else 3D. rope_dims: the 4D head split.
 
     dtype: compute/weight dtype; None keeps the file's (fp8 files default to bfloat16). Tensors are read,
     converted and placed one at a time into a model built on the meta device, so memory peaks at one model.
@@ -231,8 +294,17 @@ def load_dit(path: str | os.PathLike, dtype: torch.dtype | None = None, device: 
     extra = load_adapter(adapter) if adapter is not None else None
     if extra is not None:
         known["routing_policy"] = extra.routing_policy
+        known.update(extra.settings)
     if num_heads is not None:
         known["num_heads"] = num_heads
+    if rope is not None:
+        if rope not in ROPE_MODES:
+            raise ValueError(f"rope must be one of {ROPE_MODES}, got {rope!r}")
+        known["rope"] = rope
+    if rope_dims is not None:
+        known["rope_dims"] = tuple(rope_dims)
+    if known.get("rope_dims") is not None:
+        known["rope_dims"] = tuple(known["rope_dims"])
 
     def shape(key: str) -> torch.Size:
         if extra is not None and key in extra.tensors:
@@ -284,6 +356,7 @@ def save_dit_adapter(model: WanDiT, lora: Mapping[str, tuple[torch.Tensor, torch
         tensors[f"{module}.lora_A.weight"] = down.detach()
         tensors[f"{module}.lora_B.weight"] = up.detach()
     meta = {"format": ADAPTER_FORMAT, "version": 1, "lora_alpha": lora_alpha,
-            "routing_policy": model.config.routing_policy,
+            "routing_policy": model.config.routing_policy, "rope": model.config.rope,
+            "rope_dims": model.config.rope_dims,
             "num_layer_categories": table.shape[0], **(extra or {})}
     save_weights_atomic(tensors, path, {METADATA_KEY: json.dumps(meta)})

@@ -109,8 +109,10 @@ def find_components(folder: str | os.PathLike | None = None, required: tuple[str
 
 
 def load_pipeline(paths: ModelPaths, device: str | torch.device = "cpu", dtype: torch.dtype | None = None,
-                  offload: bool = True, vae_tile=None):
-    """Load every part onto the offload device (CPU) and return a LayerT2VPipeline computing on `device`."""
+                  offload: bool = True, vae_tile=None, rope: str | None = None):
+    """Load every part onto the offload device (CPU) and return a LayerT2VPipeline computing on `device`.
+
+    rope: the DiT's RoPE ("3d" / "4d"); None takes what the adapter records."""
     from .checkpoints import load_dit
     from .mask_vae import load_mask_vae
     from .pipeline import LayerT2VPipeline
@@ -120,7 +122,7 @@ def load_pipeline(paths: ModelPaths, device: str | torch.device = "cpu", dtype: 
     home = "cpu" if offload else device
     if dtype is None and torch.device(device).type == "cpu":
         dtype = torch.float32  # half-precision files compute in fp32 on CPU, where fp16 kernels are slow or missing
-    dit = load_dit(paths.dit, dtype=dtype, device=home, adapter=paths.adapter)
+    dit = load_dit(paths.dit, dtype=dtype, device=home, adapter=paths.adapter, rope=rope)
     vae = load_vae(paths.vae, dtype=torch.float32 if torch.device(device).type == "cpu" else None, device=home)
     mask_vae = load_mask_vae(vae, paths.mask_vae)  # shares the frozen VAE weights, adds only its adapter
     text_encoder = load_text_encoder(paths.text_encoder, dtype=dtype, device=home)

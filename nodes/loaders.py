@@ -4,6 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from layert2v_core.checkpoints import load_dit
+from layert2v_core.dit import ROPE_MODES
 from layert2v_core.mask_vae import load_mask_vae
 from layert2v_core.model_folder import DEMO_MODEL_LABEL, DEMO_MODEL_NAME, demo_model_folder, find_components
 from layert2v_core.text import load_text_encoder
@@ -15,6 +16,8 @@ from .common import (CATEGORY, DTYPES, MODEL, OFFLOAD_CHOICES, TEXT_ENCODER, VAE
                      readable_errors)
 
 NONE = "none"
+AUTO = "auto"
+ROPE_CHOICES = [AUTO, *ROPE_MODES]
 # The embedded demo model's entry in every loader list, so the example workflows run with no downloads.
 BUILTIN = DEMO_MODEL_LABEL
 
@@ -72,6 +75,11 @@ class LayerT2VModelLoader:
                 "default": "offload between runs",
                 "tooltip": "keep on GPU: fastest, holds VRAM between runs. offload between runs: on the GPU only while "
                            "sampling. block by block: one transformer block on the GPU at a time, for small cards."}),
+        }, "optional": {
+            "rope": (ROPE_CHOICES, {
+                "default": AUTO,
+                "tooltip": "auto: what the adapter records (an official run's config.yaml use_4d_rope, our adapter's "
+                           "metadata), else Wan's 3D RoPE. 4d: the official layer-time-height-width RoPE."}),
         }}
 
     RETURN_TYPES = (MODEL,)
@@ -81,14 +89,16 @@ class LayerT2VModelLoader:
     CATEGORY = CATEGORY
     DESCRIPTION = "Loads the Wan2.1 DiT with the LayerT2V adapter (LayerAdaLN + layered cross-attention)."
 
-    def load(self, model_name: str, adapter_name: str, weight_dtype: str, offload: str):
+    def load(self, model_name: str, adapter_name: str, weight_dtype: str, offload: str, rope: str | None = None):
         with readable_errors("Load LayerT2V Model"):
             if offload not in OFFLOAD_CHOICES:
                 raise ValueError(f"offload must be one of {list(OFFLOAD_CHOICES)}, got {offload!r}")
             path = _model_file(model_name, "dit", "diffusion_models")
             adapter = None if adapter_name == NONE else _adapter_path(adapter_name)
+            if rope not in (None, *ROPE_CHOICES):
+                raise ValueError(f"rope must be one of {ROPE_CHOICES}, got {rope!r}")
             dit = load_dit(path, dtype=DTYPES[weight_dtype] or host.default_dtype(), device=host.offload_device(),
-                           adapter=adapter)
+                           adapter=adapter, rope=None if rope in (None, AUTO) else rope)
         return (LoadedModel(dit, offload, model_name),)
 
 
