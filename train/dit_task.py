@@ -58,7 +58,7 @@ class DiTTask:
         parts = find_components(cfg.model or None, needed, dit=cfg.dit or None, vae=cfg.vae or None,
                                 mask_vae=cfg.mask_vae or None, text_encoder=cfg.text_encoder or None)
         dtype = torch.bfloat16 if cfg.mixed_precision == "bf16" else torch.float32
-        self.dit = load_dit(parts.dit, dtype=dtype, device=device)
+        self.dit = load_dit(parts.dit, dtype=dtype, device=device, rope=cfg.rope)
         self.dit.config.routing_policy = cfg.routing_policy
         self.dit.extend_layer_categories(cfg.max_foregrounds)
         self.dit.gradient_checkpointing = cfg.gradient_checkpointing
