@@ -1,0 +1,213 @@
+"""The official code's mask modes: how an alpha matte becomes the mask segment of the latent and back.
+
+Every mode gives the interface of MaskVAE, `encode(alpha [B,1,T,H,W] in [0,1])` -> latent [B, z, T', H/8, W/8] and
+`decode(latent)` -> alpha in [0, 1], so the pipeline, the nodes and the trainers do not care which one runs:
+
+  vae-lora            the paper's alpha VAE (mask_vae.py; `mask_vae_lora.pt` or our .safetensors)
+  vae                 the plain Wan VAE: the matte as a grey video in, the channel mean out (no file; the official
+                      inference default)
+  downsample          no network: the matte resized to the latent grid and repeated over the latent channels;
+                      decoded as the channel mean resized back
+  downsample-project  small learned convolutions instead (`mask_encoder.pt` + `mask_decoder.pt`; the default of the
+                      official train.yaml)
+
+The official `vae-project` and `mask-vae-*` modes (`mask_vae_projects.pt`, `mask_vae.pt`) are not read yet.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .mask_vae import MASK_MODE as VAE_LORA, load_mask_vae
+from .vae import WanVAE
+from .weights import CheckpointError, describe_mismatch
+
+log = logging.getLogger(__name__)
+
+MASK_MODES = (VAE_LORA, "vae", "downsample", "downsample-project")
+UNSUPPORTED_MASK_MODES = ("vae-project", "mask-vae-project", "mask-vae-joint")
+ENCODER_FILE, DECODER_FILE = "mask_encoder.pt", "mask_decoder.pt"
+TEMPORAL_STRIDE, SPATIAL_STRIDE = 4, 8
+
+
+def video_size(latent: torch.Tensor) -> tuple[int, int, int]:
+    """(T, H, W) of the video a latent [B, C, T', H', W'] decodes to: 4(T'-1)+1 frames, 8x the sides."""
+    frames, height, width = latent.shape[2:]
+    return (frames - 1) * TEMPORAL_STRIDE + 1, height * SPATIAL_STRIDE, width * SPATIAL_STRIDE
+
+
+def latent_size(alpha: torch.Tensor) -> tuple[int, int, int]:
+    frames, height, width = alpha.shape[2:]
+    return (frames - 1) // TEMPORAL_STRIDE + 1, height // SPATIAL_STRIDE, width // SPATIAL_STRIDE
+
+
+def _check_alpha(alpha: torch.Tensor) -> None:
+    if not isinstance(alpha, torch.Tensor) or alpha.dim() != 5 or alpha.shape[1] != 1:
+        shape = tuple(alpha.shape) if isinstance(alpha, torch.Tensor) else type(alpha).__name__
+        raise ValueError(f"a matte is [batch, 1, frames, height, width] in [0, 1], got {shape}")
+
+
+class PlainVAEMatte(nn.Module):
+    """'vae' mode: the matte through the plain Wan VAE as a 3-channel video in [-1, 1]."""
+
+    mask_mode = "vae"
+
+    def __init__(self, vae: WanVAE):
+        super().__init__()
+        self.vae = vae
+
+    def encode(self, alpha: torch.Tensor, *, tile=None) -> torch.Tensor:
+        _check_alpha(alpha)
+        return self.vae.encode((alpha * 2 - 1).expand(-1, 3, -1, -1, -1), tile=tile)
+
+    def decode(self, latent: torch.Tensor, *, tile=None) -> torch.Tensor:
+        rgb = self.vae.decode(latent, tile=tile)  # clamped to [-1, 1]
+        return ((rgb.mean(dim=1, keepdim=True) + 1) / 2).clamp(0, 1)
+
+
+class DownsampledMatte(nn.Module):
+    """'downsample' mode: the matte trilinearly resized to the latent grid, in [-1, 1], on every channel."""
+
+    mask_mode = "downsample"
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.channels = channels
+
+    def encode(self, alpha: torch.Tensor, *, tile=None) -> torch.Tensor:
+        _check_alpha(alpha)
+        small = F.interpolate(alpha.float(), size=latent_size(alpha), mode="trilinear", align_corners=False)
+        return (small * 2 - 1).expand(-1, self.channels, -1, -1, -1).contiguous()
+
+    def decode(self, latent: torch.Tensor, *, tile=None) -> torch.Tensor:
+        small = (latent.float().mean(dim=1, keepdim=True) + 1) / 2
+        return F.interpolate(small, size=video_size(latent), mode="trilinear", align_corners=False).clamp(0, 1)
+
+
+class MaskEncoder(nn.Module):
+    """Three 3x3x3 convolutions, strides (2,2,2), (2,2,2), (1,2,2), SiLU between: a matte in [-1, 1] -> latent.
+    Strides halve time twice, so the result is resized to the latent grid when the causal packing differs."""
+
+    def __init__(self, channels: int, hidden: int):
+        super().__init__()
+        self.encoder = nn.Sequential(
+            nn.Conv3d(1, hidden, 3, stride=2, padding=1), nn.SiLU(),
+            nn.Conv3d(hidden, hidden, 3, stride=2, padding=1), nn.SiLU(),
+            nn.Conv3d(hidden, channels, 3, stride=(1, 2, 2), padding=1))
+
+    def forward(self, x: torch.Tensor, size: tuple[int, int, int]) -> torch.Tensor:
+        z = self.encoder(x)
+        return z if tuple(z.shape[2:]) == tuple(size) else F.interpolate(z, size=size, mode="trilinear",
+                                                                       align_corners=False)
+
+
+class MaskDecoder(nn.Module):
+    """Three 3x3x3 transposed convolutions (x2 space, then x2 time and space twice), resized to the video, plus a
+    residual refinement: latent -> matte in [-1, 1]."""
+
+    def __init__(self, channels: int, hidden: int):
+        super().__init__()
+        self.decoder = nn.Sequential(
+            nn.ConvTranspose3d(channels, hidden, 3, stride=(1, 2, 2), padding=1, output_padding=(0, 1, 1)), nn.SiLU(),
+            nn.ConvTranspose3d(hidden, hidden, 3, stride=2, padding=1, output_padding=1), nn.SiLU(),
+            nn.ConvTranspose3d(hidden, 1, 3, stride=2, padding=1, output_padding=1))
+        self.refine = nn.Sequential(nn.Conv3d(1, hidden, 3, padding=1), nn.SiLU(), nn.Conv3d(hidden, 1, 3, padding=1))
+
+    def forward(self, z: torch.Tensor, size: tuple[int, int, int]) -> torch.Tensor:
+        x = self.decoder(z)
+        if tuple(x.shape[2:]) != tuple(size):
+            x = F.interpolate(x, size=size, mode="trilinear", align_corners=False)
+        return x + self.refine(x)
+
+
+class LearnedDownsampleMatte(nn.Module):
+    """'downsample-project' mode: MaskEncoder / MaskDecoder (the official mask_encoder.pt / mask_decoder.pt)."""
+
+    mask_mode = "downsample-project"
+
+    def __init__(self, channels: int, hidden: int = 32):
+        super().__init__()
+        self.encoder = MaskEncoder(channels, hidden)
+        self.decoder = MaskDecoder(channels, hidden)
+
+    def encode(self, alpha: torch.Tensor, *, tile=None) -> torch.Tensor:
+        _check_alpha(alpha)
+        weight = self.encoder.encoder[0].weight
+        return self.encoder((alpha * 2 - 1).to(weight.dtype), latent_size(alpha)).float()
+
+    def decode(self, latent: torch.Tensor, *, tile=None) -> torch.Tensor:
+        weight = self.decoder.refine[0].weight
+        return ((self.decoder(latent.to(weight.dtype), video_size(latent)).float() + 1) / 2).clamp(0, 1)
+
+
+def _torch_state(path: Path) -> dict:
+    # weights_only: these files are state dicts of tensors; nothing else is ever unpickled.
+    state = torch.load(str(path), map_location="cpu", weights_only=True)
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"{path} is not a state dict of tensors (what the official trainer saves there)")
+    return {k.removeprefix("module."): v for k, v in state.items()}
+
+
+def load_learned_downsample(folder: str | os.PathLike, channels: int) -> LearnedDownsampleMatte:
+    """The 'downsample-project' pair from `folder`/mask_encoder.pt and mask_decoder.pt."""
+    folder = Path(folder)
+    missing = [name for name in (ENCODER_FILE, DECODER_FILE) if not (folder / name).is_file()]
+    if missing:
+        raise FileNotFoundError(f"'downsample-project' mask mode needs {ENCODER_FILE} and {DECODER_FILE}; missing "
+                                f"{missing} in {folder}")
+    encoder, decoder = _torch_state(folder / ENCODER_FILE), _torch_state(folder / DECODER_FILE)
+    if "encoder.0.weight" not in encoder:
+        raise CheckpointError(f"{folder / ENCODER_FILE}: no encoder.0.weight; not an official mask encoder")
+    hidden, out = encoder["encoder.0.weight"].shape[0], encoder["encoder.4.weight"].shape[0]
+    if out != channels:
+        raise CheckpointError(f"{folder / ENCODER_FILE} encodes to {out} channels but the VAE latent has {channels}")
+    module = LearnedDownsampleMatte(channels, hidden)
+    for part, state, name in ((module.encoder, encoder, ENCODER_FILE), (module.decoder, decoder, DECODER_FILE)):
+        own = part.state_dict()
+        missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+        if missing or unexpected:
+            raise CheckpointError(describe_mismatch("official " + name, folder / name, missing, unexpected))
+        wrong = [k for k in own if own[k].shape != state[k].shape]
+        if wrong:
+            raise CheckpointError(f"{folder / name}: {wrong[0]} has shape {tuple(state[wrong[0]].shape)}, expected "
+                                  f"{tuple(own[wrong[0]].shape)}")
+        part.load_state_dict(state)
+    return module.eval().requires_grad_(False)
+
+
+def mode_of_file(path: str | os.PathLike) -> str:
+    """The mask mode an alpha file belongs to, from its name."""
+    name = Path(path).name
+    if name in (ENCODER_FILE, DECODER_FILE) or Path(path).is_dir():
+        return "downsample-project"
+    if name in ("mask_vae_projects.pt", "mask_vae.pt"):
+        return "mask-vae-project" if name == "mask_vae.pt" else "vae-project"
+    return VAE_LORA
+
+
+def load_mask_mode(vae: WanVAE, mode: str | None = None, path: str | os.PathLike | None = None) -> nn.Module:
+    """The alpha codec of `mode` on `vae`; mode None: the file's mode, or 'vae' when there is no file.
+
+    path: the alpha VAE file (vae-lora), mask_encoder.pt / mask_decoder.pt or their folder (downsample-project)."""
+    mode = mode or (mode_of_file(path) if path is not None else "vae")
+    if mode in UNSUPPORTED_MASK_MODES:
+        raise CheckpointError(f"the official '{mode}' mask mode is not supported yet; supported: {list(MASK_MODES)}")
+    if mode not in MASK_MODES:
+        raise ValueError(f"unknown mask mode {mode!r}; choose one of {list(MASK_MODES)}")
+    if mode == VAE_LORA:
+        if path is None:
+            raise FileNotFoundError("'vae-lora' mask mode needs the alpha VAE file (mask_vae_lora.pt or "
+                                    "mask_vae.safetensors)")
+        return load_mask_vae(vae, path)
+    if mode == "downsample-project":
+        if path is None:
+            raise FileNotFoundError(f"'downsample-project' mask mode needs {ENCODER_FILE} and {DECODER_FILE}")
+        folder = Path(path) if Path(path).is_dir() else Path(path).parent
+        weight = vae.conv2.weight
+        return load_learned_downsample(folder, vae.z_dim).to(weight.device)
+    return PlainVAEMatte(vae) if mode == "vae" else DownsampledMatte(vae.z_dim)

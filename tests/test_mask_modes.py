@@ -1,0 +1,136 @@
+"""The official mask modes other than vae-lora, against references written here from the official code's behaviour.
+
+vae: the matte repeated to 3 channels in [-1, 1] through the plain Wan VAE; decoded as the channel mean mapped to
+[0, 1]. downsample: trilinear (align_corners=False) resize to the latent grid, [-1, 1], repeated on every latent
+channel; decoded as the channel mean, [0, 1], resized back to 4(T'-1)+1 frames x 8. downsample-project: the
+official MaskEncoder / MaskDecoder convolutions (state dicts in mask_encoder.pt / mask_decoder.pt).
+
+Tolerance: 1e-4 absolute on mattes in [0, 1] and latents of unit scale, float32.
+"""
+from __future__ import annotations
+
+import argparse
+import pickle
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from layert2v_core.mask_modes import (DownsampledMatte, PlainVAEMatte, load_mask_mode, mode_of_file)
+from layert2v_core.vae import VAEConfig, WanVAE
+from layert2v_core.weights import CheckpointError
+
+TOL = 1e-4
+
+
+def _vae() -> WanVAE:
+    torch.manual_seed(11)
+    return WanVAE(VAEConfig(dim=8, z_dim=4, num_res_blocks=1)).eval().requires_grad_(False)
+
+
+def _matte(frames=5, size=16):
+    g = torch.Generator().manual_seed(3)
+    return torch.rand(2, 1, frames, size, size, generator=g)
+
+
+def test_vae_mode_is_the_plain_vae():
+    vae, alpha = _vae(), _matte()
+    codec = load_mask_mode(vae, "vae")
+    with torch.no_grad():
+        latent = codec.encode(alpha)
+        expected_latent = vae.encode(torch.cat([alpha * 2 - 1] * 3, dim=1))
+        rgb = vae.decode(latent).clamp(-1, 1)
+        expected = ((rgb[:, 0:1] + rgb[:, 1:2] + rgb[:, 2:3]) / 3 + 1) / 2
+        got = codec.decode(latent)
+    assert isinstance(codec, PlainVAEMatte) and load_mask_mode(vae).mask_mode == "vae"  # no file: 'vae'
+    assert (latent - expected_latent).abs().max() <= TOL
+    assert got.shape == alpha.shape and (got - expected.clamp(0, 1)).abs().max() <= TOL
+
+
+def test_downsample_mode():
+    vae, alpha = _vae(), _matte(frames=9, size=32)
+    codec = load_mask_mode(vae, "downsample")
+    latent = codec.encode(alpha)
+    small = F.interpolate(alpha, size=(3, 4, 4), mode="trilinear", align_corners=False)
+    assert latent.shape == (2, 4, 3, 4, 4)
+    assert (latent - (small * 2 - 1).repeat(1, 4, 1, 1, 1)).abs().max() <= TOL
+    noisy = latent + torch.randn_like(latent) * 0.1
+    back = F.interpolate((noisy.mean(1, keepdim=True) + 1) / 2, size=(9, 32, 32), mode="trilinear",
+                         align_corners=False).clamp(0, 1)
+    assert (codec.decode(noisy) - back).abs().max() <= TOL
+    # Known answer: a constant matte stays that constant through both directions.
+    const = DownsampledMatte(4)
+    flat = torch.full((1, 1, 5, 16, 16), 0.25)
+    assert torch.allclose(const.encode(flat), torch.full((1, 4, 2, 2, 2), -0.5))
+    assert torch.allclose(const.decode(const.encode(flat)), flat)
+
+
+def _official_state(hidden=6, channels=4, seed=0):
+    """Random tensors under the key names the official MaskEncoder / MaskDecoder state dicts have."""
+    g = torch.Generator().manual_seed(seed)
+    rnd = lambda *shape: torch.randn(*shape, generator=g) * 0.2  # noqa: E731
+    encoder = {"encoder.0.weight": rnd(hidden, 1, 3, 3, 3), "encoder.0.bias": rnd(hidden),
+               "encoder.2.weight": rnd(hidden, hidden, 3, 3, 3), "encoder.2.bias": rnd(hidden),
+               "encoder.4.weight": rnd(channels, hidden, 3, 3, 3), "encoder.4.bias": rnd(channels)}
+    decoder = {"decoder.0.weight": rnd(channels, hidden, 3, 3, 3), "decoder.0.bias": rnd(hidden),  # transposed:
+               "decoder.2.weight": rnd(hidden, hidden, 3, 3, 3), "decoder.2.bias": rnd(hidden),    # [in, out, ...]
+               "decoder.4.weight": rnd(hidden, 1, 3, 3, 3), "decoder.4.bias": rnd(1),
+               "refine.0.weight": rnd(hidden, 1, 3, 3, 3), "refine.0.bias": rnd(hidden),
+               "refine.2.weight": rnd(1, hidden, 3, 3, 3), "refine.2.bias": rnd(1)}
+    return encoder, decoder
+
+
+def reference_encode(s, alpha):
+    x = alpha * 2 - 1
+    x = F.silu(F.conv3d(x, s["encoder.0.weight"], s["encoder.0.bias"], stride=2, padding=1))
+    x = F.silu(F.conv3d(x, s["encoder.2.weight"], s["encoder.2.bias"], stride=2, padding=1))
+    x = F.conv3d(x, s["encoder.4.weight"], s["encoder.4.bias"], stride=(1, 2, 2), padding=1)
+    size = ((alpha.shape[2] - 1) // 4 + 1, alpha.shape[3] // 8, alpha.shape[4] // 8)
+    return x if tuple(x.shape[2:]) == size else F.interpolate(x, size=size, mode="trilinear", align_corners=False)
+
+
+def reference_decode(s, z):
+    x = F.silu(F.conv_transpose3d(z, s["decoder.0.weight"], s["decoder.0.bias"], stride=(1, 2, 2), padding=1,
+                                  output_padding=(0, 1, 1)))
+    x = F.silu(F.conv_transpose3d(x, s["decoder.2.weight"], s["decoder.2.bias"], stride=2, padding=1,
+                                  output_padding=1))
+    x = F.conv_transpose3d(x, s["decoder.4.weight"], s["decoder.4.bias"], stride=2, padding=1, output_padding=1)
+    size = ((z.shape[2] - 1) * 4 + 1, z.shape[3] * 8, z.shape[4] * 8)
+    if tuple(x.shape[2:]) != size:
+        x = F.interpolate(x, size=size, mode="trilinear", align_corners=False)
+    r = F.conv3d(F.silu(F.conv3d(x, s["refine.0.weight"], s["refine.0.bias"], padding=1)),
+                 s["refine.2.weight"], s["refine.2.bias"], padding=1)
+    return ((x + r + 1) / 2).clamp(0, 1)
+
+
+def test_downsample_project_matches_the_official_modules(tmp_path):
+    encoder, decoder = _official_state()
+    torch.save(encoder, tmp_path / "mask_encoder.pt")
+    torch.save(decoder, tmp_path / "mask_decoder.pt")
+    vae, alpha = _vae(), _matte(frames=9, size=32)
+    codec = load_mask_mode(vae, None, tmp_path / "mask_decoder.pt")
+    assert codec.mask_mode == "downsample-project" and mode_of_file(tmp_path) == "downsample-project"
+    with torch.no_grad():
+        latent = codec.encode(alpha)
+        expected = reference_encode({**encoder}, alpha)
+        assert latent.shape == (2, 4, 3, 4, 4) and (latent - expected).abs().max() <= TOL
+        z = torch.randn(1, 4, 3, 4, 4, generator=torch.Generator().manual_seed(4))
+        assert (codec.decode(z) - reference_decode(decoder, z)).abs().max() <= TOL
+
+
+def test_mask_mode_files_are_checked(tmp_path):
+    vae = _vae()
+    encoder, decoder = _official_state()
+    torch.save(encoder, tmp_path / "mask_encoder.pt")
+    with pytest.raises(FileNotFoundError, match="missing \\['mask_decoder.pt'\\]"):
+        load_mask_mode(vae, "downsample-project", tmp_path)
+    torch.save({**decoder, "refine.9.weight": torch.zeros(1)}, tmp_path / "mask_decoder.pt")
+    with pytest.raises(CheckpointError, match="refine.9.weight"):
+        load_mask_mode(vae, "downsample-project", tmp_path)
+    torch.save({"decoder": argparse.Namespace(code="runs on load")}, tmp_path / "mask_decoder.pt")
+    with pytest.raises(pickle.UnpicklingError, match="Weights only load failed"):  # never unpickled
+        load_mask_mode(vae, "downsample-project", tmp_path)
+    with pytest.raises(CheckpointError, match="'vae-project' mask mode is not supported yet"):
+        load_mask_mode(vae, "vae-project")
+    with pytest.raises(FileNotFoundError, match="'vae-lora' mask mode needs the alpha VAE file"):
+        load_mask_mode(vae, "vae-lora")
