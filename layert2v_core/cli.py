@@ -18,6 +18,7 @@ import torch
 
 from .dit import ROPE_MODES
 from .layers import MAX_FOREGROUNDS, ROUTING_POLICIES
+from .mask_modes import MASK_MODES
 from .sampling import SOLVERS
 
 DTYPES = {"auto": None, "fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -35,6 +36,9 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--model", help="folder holding the DiT, VAE, alpha VAE, text encoder (and adapter)")
     for part in ("dit", "adapter", "vae", "mask-vae", "text-encoder"):
         m.add_argument(f"--{part}", help=f"path of the {part.replace('-', ' ')} (overrides the folder's)")
+    m.add_argument("--mask-mode", choices=MASK_MODES, help="how mattes are decoded (default: the alpha VAE file's, "
+                                                           "else the official run config's, else vae: the plain "
+                                                           "Wan VAE, no file)")
     m.add_argument("--rope", choices=ROPE_MODES, help="DiT RoPE; 4d: the official layer-time-height-width one "
                                                       "(default: what the adapter records, else 3d)")
     p = g.add_argument_group("prompts")
@@ -160,7 +164,7 @@ def generate(args) -> int:
     started = time.perf_counter()
     _show_loading_messages()
     pipe = load_pipeline(paths, device=device, dtype=DTYPES[args.dtype], offload=not args.no_offload,
-                         rope=args.rope)
+                         rope=args.rope, mask_mode=args.mask_mode)
     hashes = {part: file_hash(p) for part, p in vars(paths).items() if p is not None}
     for job in jobs:
         keep = load_kept_layers(job.get("keep") or {}, args.frames)

@@ -190,6 +190,30 @@ def mode_of_file(path: str | os.PathLike) -> str:
     return VAE_LORA
 
 
+def choose_mask_mode(mask_file: str | os.PathLike | None = None, adapter: str | os.PathLike | None = None,
+                     mode: str | None = None) -> tuple[str, Path | None]:
+    """(mode, file) for a model: `mode` if given, else the alpha file's, else the mask_mode of the official run
+    config.yaml beside an official adapter folder, else 'vae' (the official inference default). Logs its choice."""
+    from .checkpoints import official_run_config
+
+    file = Path(mask_file) if mask_file is not None else None
+    why = "as asked"
+    if mode is None and file is not None:
+        mode, why = mode_of_file(file), f"from {file}"
+    run = official_run_config(adapter) if adapter is not None and Path(adapter).is_dir() else None
+    if mode is None and run is not None and run[1].get("mask_mode"):
+        mode, why = str(run[1]["mask_mode"]), f"the mask_mode of {run[0]}"
+        needs = {VAE_LORA: "mask_vae_lora.pt", "downsample-project": f"{ENCODER_FILE} and {DECODER_FILE}"}
+        if mode in needs:
+            raise FileNotFoundError(f"{run[0]} says mask_mode {mode!r}, which needs {needs[mode]}; none was found "
+                                    f"beside the adapter {adapter} or in the model folder; add the file(s) or pass "
+                                    f"the alpha VAE explicitly")
+    if mode is None:
+        mode, why = "vae", "no alpha VAE file found, so the plain Wan VAE decodes mattes (the official default)"
+    log.info("mask mode %s: %s", mode, why)
+    return mode, file
+
+
 def load_mask_mode(vae: WanVAE, mode: str | None = None, path: str | os.PathLike | None = None) -> nn.Module:
     """The alpha codec of `mode` on `vae`; mode None: the file's mode, or 'vae' when there is no file.
 

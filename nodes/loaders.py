@@ -5,7 +5,7 @@ from pathlib import Path
 
 from layert2v_core.checkpoints import load_dit
 from layert2v_core.dit import ROPE_MODES
-from layert2v_core.mask_vae import load_mask_vae
+from layert2v_core.mask_modes import load_mask_mode
 from layert2v_core.model_folder import DEMO_MODEL_LABEL, DEMO_MODEL_NAME, demo_model_folder, find_components
 from layert2v_core.text import load_text_encoder
 from layert2v_core.vae import load_vae
@@ -16,6 +16,9 @@ from .common import (CATEGORY, DTYPES, MODEL, OFFLOAD_CHOICES, TEXT_ENCODER, VAE
                      readable_errors)
 
 NONE = "none"
+# Alpha choices without a file: the official mask modes that decode mattes with no network of their own.
+FILELESS_MASK_MODES = {"none: plain Wan VAE (official 'vae' mode)": "vae",
+                       "none: downsampled (official 'downsample' mode)": "downsample"}
 AUTO = "auto"
 ROPE_CHOICES = [AUTO, *ROPE_MODES]
 # The embedded demo model's entry in every loader list, so the example workflows run with no downloads.
@@ -109,10 +112,12 @@ class LayerT2VVAELoader:
             "vae_name": (_choices("vae"), {
                 "tooltip": "Wan2.1 VAE from models/vae (wan_2.1_vae.safetensors or Wan2.1_VAE.pth), or the built-in "
                            "demo model's."}),
-            "alpha_vae_name": (_choices(host.ADAPTER_KIND, "vae"), {
+            "alpha_vae_name": (_choices(host.ADAPTER_KIND, "vae") + list(FILELESS_MASK_MODES), {
                 "tooltip": "LayerT2V alpha-matte VAE adapter from models/layert2v (or models/vae): the official "
                            "mask_vae_lora.pt or a LayerT2V mask VAE .safetensors. It shares the RGB VAE's weights, "
-                           "so pick the one made for that VAE (the built-in demo's goes with the built-in VAE)."}),
+                           "so pick the one made for that VAE (the built-in demo's goes with the built-in VAE). "
+                           "An official run's mask_decoder.pt (with mask_encoder.pt beside it): its "
+                           "'downsample-project' mode. 'none: ...': the official modes that need no file."}),
             "tiling": (["off", "on"], {
                 "default": "off",
                 "tooltip": "Encode/decode in overlapping spatial tiles to bound VRAM (slightly slower; seams are "
@@ -136,7 +141,10 @@ class LayerT2VVAELoader:
             tile = Tiling(tile_size, tile_overlap) if tiling == "on" else None
             vae = load_vae(_model_file(vae_name, "vae", "vae"), dtype=host.default_dtype(),
                            device=host.offload_device())
-            mask_vae = load_mask_vae(vae, _model_file(alpha_vae_name, "mask_vae", host.ADAPTER_KIND, "vae"))
+            if alpha_vae_name in FILELESS_MASK_MODES:
+                mask_vae = load_mask_mode(vae, FILELESS_MASK_MODES[alpha_vae_name])
+            else:
+                mask_vae = load_mask_mode(vae, None, _model_file(alpha_vae_name, "mask_vae", host.ADAPTER_KIND, "vae"))
         return (LoadedVAE(vae, mask_vae, tile),)
 
 

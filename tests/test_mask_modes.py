@@ -134,3 +134,66 @@ def test_mask_mode_files_are_checked(tmp_path):
         load_mask_mode(vae, "vae-project")
     with pytest.raises(FileNotFoundError, match="'vae-lora' mask mode needs the alpha VAE file"):
         load_mask_mode(vae, "vae-lora")
+
+
+# ---- the modes through the model folder, the pipeline and a ComfyUI graph ----
+
+def test_model_folder_without_alpha_vae_generates_in_vae_mode(tmp_path):
+    from layert2v_core.model_folder import demo_model_folder, find_components, load_pipeline
+
+    folder = tmp_path / "model"
+    folder.mkdir()
+    for name in ("dit.safetensors", "vae.safetensors", "text_encoder.safetensors"):  # the demo model, no alpha VAE
+        (folder / name).symlink_to(demo_model_folder() / name)
+    paths = find_components(folder)
+    assert paths.mask_vae is None
+    pipe = load_pipeline(paths)
+    assert pipe.mask_vae.mask_mode == "vae"
+    result = pipe("a red circle", "a field", ["a red circle"], frames=5, height=16, width=16, steps=2)
+    assert result.alphas[0].shape == (1, 5, 16, 16) and 0 <= result.alphas[0].min() <= result.alphas[0].max() <= 1
+
+
+def test_mask_files_and_run_config_beside_an_official_adapter(tmp_path):
+    from layert2v_core.mask_modes import choose_mask_mode
+    from layert2v_core.model_folder import find_components
+
+    folder, adapter = tmp_path / "model", tmp_path / "model" / "adapter"
+    adapter.mkdir(parents=True)
+    for name in ("dit.safetensors", "vae.safetensors", "text_encoder.safetensors"):
+        (folder / name).touch()
+    encoder, decoder = _official_state()
+    torch.save(encoder, adapter / "mask_encoder.pt")
+    torch.save(decoder, adapter / "mask_decoder.pt")
+    paths = find_components(folder)
+    assert paths.adapter == adapter and paths.mask_vae == adapter / "mask_decoder.pt"
+    assert choose_mask_mode(paths.mask_vae, paths.adapter) == ("downsample-project", adapter / "mask_decoder.pt")
+    (tmp_path / "model" / "config.yaml").write_text("mask_mode: downsample\nuse_4d_rope: false\n")
+    assert choose_mask_mode(None, adapter) == ("downsample", None)
+    (adapter / "config.yaml").write_text("mask_mode: vae-lora\n")
+    with pytest.raises(FileNotFoundError, match="says mask_mode 'vae-lora', which needs mask_vae_lora.pt"):
+        choose_mask_mode(None, adapter)
+
+
+@pytest.mark.parametrize("alpha", ["none: plain Wan VAE (official 'vae' mode)", "official_run/mask_decoder.pt"])
+def test_comfy_graph_runs_with_official_mask_modes(alpha, comfy_folders):
+    """The demo model's text-to-layers graph with the alpha VAE loader set to an official mask mode."""
+    import json
+    from pathlib import Path
+
+    from test_workflows import FAST, run_api_graph
+    from workflows.build import DEMO, api_path
+
+    run = comfy_folders[0] / "layert2v" / "official_run"
+    run.mkdir(exist_ok=True)
+    encoder, decoder = _official_state(hidden=4, channels=16)
+    torch.save(encoder, run / "mask_encoder.pt")
+    torch.save(decoder, run / "mask_decoder.pt")
+    graph = json.loads((Path(__file__).resolve().parent.parent / api_path("layert2v_text_to_layers", DEMO)).read_text())
+    loader = next(n for n in graph.values() if n["class_type"] == "LayerT2VVAELoader")
+    loader["inputs"]["alpha_vae_name"] = alpha
+    results = run_api_graph(graph, {**FAST[DEMO], "LayerT2VSampler": {"steps": 2}})
+    vae = next(results[k][0] for k, n in graph.items() if n["class_type"] == "LayerT2VVAELoader")
+    decoded = next(results[k] for k, n in graph.items() if n["class_type"] == "LayerT2VDecodeLayers")
+    assert vae.mask_vae.mask_mode == ("vae" if alpha.startswith("none") else "downsample-project")
+    mask = decoded[3]
+    assert mask.shape == (9, 48, 48) and 0 <= mask.min() <= mask.max() <= 1
