@@ -47,6 +47,13 @@ def _model_file(name: str, part: str, *kinds: str) -> Path:
     return host.model_path(kinds[-1], name)
 
 
+def _alpha_choices() -> list[str]:
+    """Alpha VAE files, then the modes that need no file, then the built-in demo's (still last)."""
+    files = _choices(host.ADAPTER_KIND, "vae")
+    builtin = files[-1:] if files[-1:] == [BUILTIN] else []
+    return files[:len(files) - len(builtin)] + list(FILELESS_MASK_MODES) + builtin
+
+
 def _adapter_choices() -> list[str]:
     return list(dict.fromkeys(host.list_models(host.ADAPTER_KIND) + host.list_models("loras")))
 
@@ -112,7 +119,7 @@ class LayerT2VVAELoader:
             "vae_name": (_choices("vae"), {
                 "tooltip": "Wan2.1 VAE from models/vae (wan_2.1_vae.safetensors or Wan2.1_VAE.pth), or the built-in "
                            "demo model's."}),
-            "alpha_vae_name": (_choices(host.ADAPTER_KIND, "vae") + list(FILELESS_MASK_MODES), {
+            "alpha_vae_name": (_alpha_choices(), {
                 "tooltip": "LayerT2V alpha-matte VAE adapter from models/layert2v (or models/vae): the official "
                            "mask_vae_lora.pt or a LayerT2V mask VAE .safetensors. It shares the RGB VAE's weights, "
                            "so pick the one made for that VAE (the built-in demo's goes with the built-in VAE). "
