@@ -134,6 +134,33 @@ class Adapter:
                  routing_policy: str, source: str, settings: Mapping | None = None):
         self.lora, self.tensors, self.routing_policy, self.source = lora, tensors, routing_policy, source
         self.settings = dict(settings or {})
+        self.ema_shadow: list[torch.Tensor] | None = None  # an official EMA's values, applied by use_ema
+
+    def use_ema(self, parameter_order: list[str]) -> None:
+        """Replace the adapter's tensors by the EMA shadow values, which the official trainer keeps in the order of
+        the trainable parameters: LoRA A then B of each module and the LayerAdaLN table, in the model's parameter
+        order (ours registers modules in the official order), then the mask modules' (not used, as there)."""
+        position = {name: i for i, name in enumerate(parameter_order)}
+        slots = [((position.get(f"{m}.weight", len(position)), half), ("lora", m, half))
+                 for m in self.lora for half in (0, 1)]
+        slots += [((position.get(k, len(position)), 0), ("tensor", k, 0)) for k in self.tensors]
+        slots.sort(key=lambda slot: slot[0])
+        if len(self.ema_shadow) < len(slots):
+            raise CheckpointError(f"{self.source}: the EMA holds {len(self.ema_shadow)} tensors but the adapter has "
+                                  f"{len(slots)}; it belongs to another run")
+        for (_, (kind, name, half)), value in zip(slots, self.ema_shadow):
+            current = self.lora[name][half] if kind == "lora" else self.tensors[name]
+            if tuple(current.shape) != tuple(value.shape):
+                raise CheckpointError(f"{self.source}: EMA tensor for {name} has shape {tuple(value.shape)}, the "
+                                      f"adapter's {tuple(current.shape)}; the EMA belongs to another run")
+            if kind == "tensor":
+                self.tensors[name] = value
+            else:
+                down, up, scale = self.lora[name]
+                self.lora[name] = (value, up, scale) if half == 0 else (down, value, scale)
+        if len(self.ema_shadow) > len(slots):
+            log.info("%s: %d trailing EMA tensors are the mask modules'; not used, as in the official inference",
+                     self.source, len(self.ema_shadow) - len(slots))
 
     def reader(self, key: str, base: Callable[[], torch.Tensor]) -> Callable[[], torch.Tensor]:
         if key in self.tensors:
@@ -194,32 +221,34 @@ def rope_settings(run_config: Mapping, where: str) -> dict:
     return {"rope": "4d", "rope_dims": tuple(ratios) if ratios else None}
 
 
-def load_adapter(path: str | os.PathLike) -> Adapter:
-    """Read an official LayerT2V PEFT folder (with its run config.yaml when beside it) or our single-file adapter."""
-    path = Path(path)
-    if path.is_dir() and (path / "adapter_config.json").exists():
-        config = json.loads((path / "adapter_config.json").read_text())
-        files = [f for f in ("adapter_model.safetensors", "adapter_model.bin") if (path / f).exists()]
-        if not files:
-            raise CheckpointError(f"{path}: PEFT adapter folder without adapter_model.safetensors")
-        source = open_weights(path / files[0])
-        alpha, rank = config.get("lora_alpha", 8), config.get("r", 8)
-        rslora = config.get("use_rslora", False)
-        alpha_pattern, rank_pattern = config.get("alpha_pattern") or {}, config.get("rank_pattern") or {}
+EMA_FILE = Path("ema") / "ema_model.pt"
+FALLBACK_WEIGHTS = "lora_weights.pt"
 
-        def scale_for(module: str) -> float:
-            a = next((v for k, v in alpha_pattern.items() if module.endswith(k)), alpha)
-            r = next((v for k, v in rank_pattern.items() if module.endswith(k)), rank)
-            return a / (r ** 0.5 if rslora else r)
-        found = official_run_config(path)
-        if found is None:
-            settings = {"rope": "3d"}
-            log.info("%s: no official run config.yaml in the folder or its parent; using 3D RoPE (the official "
-                     "training configs' use_4d_rope: false); pass rope='4d' if the run trained with 4D RoPE", path)
-        else:
-            settings = {"rope": "3d", **rope_settings(found[1], str(found[0]))}
-            log.info("%s: %s RoPE, from %s", path, settings["rope"].upper(), found[0])
-        return _build_adapter(source, scale_for, "official", f"PEFT folder {path}", settings)
+
+def official_folder(path: str | os.PathLike) -> tuple[Path, bool | None] | None:
+    """(checkpoint folder, ema) when `path` is an official checkpoint folder or one of its weight files (picking
+    ema/ema_model.pt means its EMA weights); None otherwise."""
+    path = Path(path)
+    ema = None
+    if path.is_file() and path.name == EMA_FILE.name and path.parent.name == EMA_FILE.parent.name:
+        path, ema = path.parent.parent, True
+    elif path.is_file() and path.name in ("adapter_model.safetensors", "adapter_model.bin", FALLBACK_WEIGHTS):
+        path = path.parent
+    if path.is_dir() and ((path / "adapter_config.json").is_file() or (path / FALLBACK_WEIGHTS).is_file()):
+        return path, ema
+    return None
+
+
+def load_adapter(path: str | os.PathLike, ema: bool | None = None) -> Adapter:
+    """Read an official LayerT2V checkpoint folder (with its run config.yaml when beside it) or our single-file
+    adapter. ema: use the folder's ema/ema_model.pt (None: only when that file itself was picked)."""
+    found = official_folder(path)
+    if found is not None:
+        return _load_official(found[0], ema if ema is not None else found[1])
+    if ema:
+        raise ValueError(f"{path}: EMA weights exist only in official checkpoint folders ({EMA_FILE}); ours are "
+                         f"saved already averaged")
+    path = Path(path)
     source = open_weights(path)
     if source.metadata.get("format") == MASK_VAE_FORMAT:
         raise CheckpointError(f"{path} is the LayerT2V alpha-matte (mask) VAE, not the DiT adapter; load it as the "
@@ -249,6 +278,55 @@ def load_adapter(path: str | os.PathLike) -> Adapter:
     return _build_adapter(source, scale_for, policy, f"adapter {path}", settings)
 
 
+def _load_official(path: Path, ema: bool | None) -> Adapter:
+    """The official PEFT folder (adapter_config.json + adapter_model.*), or its fallback lora_weights.pt."""
+    config = json.loads((path / "adapter_config.json").read_text()) if (path / "adapter_config.json").is_file() else {}
+    run = official_run_config(path)
+    files = [f for f in ("adapter_model.safetensors", "adapter_model.bin", FALLBACK_WEIGHTS) if (path / f).exists()]
+    if not files:
+        raise CheckpointError(f"{path}: official checkpoint folder without adapter_model.safetensors or "
+                              f"{FALLBACK_WEIGHTS}")
+    source = open_weights(path / files[0])
+    if config:
+        alpha, rank = config.get("lora_alpha", 8), config.get("r", 8)
+    elif run is not None and "lora_rank" in run[1]:  # lora_weights.pt alone: the trainer's own arguments
+        alpha, rank = run[1].get("lora_alpha", run[1]["lora_rank"]), run[1]["lora_rank"]
+    elif any(".lora_A" in k for k in source):
+        raise CheckpointError(f"{path / files[0]} holds LoRA weights but neither adapter_config.json nor a run "
+                              f"config.yaml with lora_rank / lora_alpha gives their scale; add one of them")
+    else:
+        alpha = rank = 1
+    rslora = config.get("use_rslora", False)
+    alpha_pattern, rank_pattern = config.get("alpha_pattern") or {}, config.get("rank_pattern") or {}
+
+    def scale_for(module: str) -> float:
+        a = next((v for k, v in alpha_pattern.items() if module.endswith(k)), alpha)
+        r = next((v for k, v in rank_pattern.items() if module.endswith(k)), rank)
+        return a / (r ** 0.5 if rslora else r)
+    if run is None:
+        settings = {"rope": "3d"}
+        log.info("%s: no official run config.yaml in the folder or its parent; using 3D RoPE (the official "
+                 "training configs' use_4d_rope: false); pass rope='4d' if the run trained with 4D RoPE", path)
+    else:
+        settings = {"rope": "3d", **rope_settings(run[1], str(run[0]))}
+        log.info("%s: %s RoPE, from %s", path, settings["rope"].upper(), run[0])
+    adapter = _build_adapter(source, scale_for, "official", f"official checkpoint {path / files[0]}", settings)
+    ema_file = path / EMA_FILE
+    if ema:
+        if not ema_file.is_file():
+            raise FileNotFoundError(f"EMA weights asked for, but {ema_file} does not exist; leave EMA off")
+        state = torch.load(str(ema_file), map_location="cpu", weights_only=True)
+        shadow = state.get("shadow_params") if isinstance(state, dict) else None
+        if not isinstance(shadow, list) or not all(isinstance(t, torch.Tensor) for t in shadow):
+            raise CheckpointError(f"{ema_file} has no shadow_params list of tensors (an EMAModel state dict)")
+        adapter.ema_shadow, adapter.source = shadow, f"{adapter.source} with EMA weights {ema_file}"
+        log.info("%s: EMA weights from %s", path, ema_file)
+    elif ema_file.is_file():
+        log.info("%s: %s found but not used; ema=True (CLI --ema, or pick that file in ComfyUI) uses the EMA "
+                 "weights the authors recommend", path, ema_file)
+    return adapter
+
+
 def _build_adapter(source: Mapping[str, torch.Tensor], scale_for: Callable[[str], float], policy: str,
                    what: str, settings: Mapping | None = None) -> Adapter:
     if policy not in ROUTING_POLICIES:
@@ -276,11 +354,12 @@ def _build_adapter(source: Mapping[str, torch.Tensor], scale_for: Callable[[str]
 
 def load_dit(path: str | os.PathLike, dtype: torch.dtype | None = None, device: str | torch.device = "cpu",
              adapter: str | os.PathLike | None = None, num_heads: int | None = None, rope: str | None = None,
-             rope_dims: tuple[int, int, int, int] | None = None) -> WanDiT:
+             rope_dims: tuple[int, int, int, int] | None = None, ema: bool | None = None) -> WanDiT:
     """Load a Wan2.1 T2V DiT (any supported layout, fp8 included) and optionally a LayerT2V adapter on top.
 
     rope: "3d" (Wan's) or "4d" (the official layer axis); None takes what the adapter records (an official run's
     config.yaml, our adapter's metadata), else the checkpoint's, else 3D. rope_dims: the 4D head split.
+    ema: apply an official checkpoint folder's ema/ema_model.pt (None: only when that file is the adapter path).
 
     dtype: compute/weight dtype; None keeps the file's (fp8 files default to bfloat16). Tensors are read,
     converted and placed one at a time into a model built on the meta device, so memory peaks at one model.
@@ -291,7 +370,7 @@ def load_dit(path: str | os.PathLike, dtype: torch.dtype | None = None, device: 
     layout = detect_layout(raw_keys)
     names = {original_key(k, layout): k for k in raw_keys}
     known = {**_metadata_config(source), **(_diffusers_config(path) if layout == "diffusers" else {})}
-    extra = load_adapter(adapter) if adapter is not None else None
+    extra = load_adapter(adapter, ema=ema) if adapter is not None else None
     if extra is not None:
         known["routing_policy"] = extra.routing_policy
         known.update(extra.settings)
@@ -322,6 +401,8 @@ def load_dit(path: str | os.PathLike, dtype: torch.dtype | None = None, device: 
         dtype = torch.bfloat16 if not file_dtype.is_floating_point or file_dtype.itemsize == 1 else file_dtype
     with torch.device("meta"):
         model = WanDiT(cfg)
+    if extra is not None and extra.ema_shadow is not None:
+        extra.use_ema([name for name, _ in model.named_parameters()])
     def keep_float32(key: str) -> bool:
         return key.endswith(_FLOAT32_SUFFIXES)
     readers = {k: (lambda k=k: read_tensor(source, names[k], torch.float32 if keep_float32(k) else dtype))

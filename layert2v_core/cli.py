@@ -39,6 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--mask-mode", choices=MASK_MODES, help="how mattes are decoded (default: the alpha VAE file's, "
                                                            "else the official run config's, else vae: the plain "
                                                            "Wan VAE, no file)")
+    m.add_argument("--ema", action="store_true", help="use the EMA weights of an official checkpoint folder "
+                                                       "(ema/ema_model.pt beside the adapter; the authors recommend "
+                                                       "them)")
     m.add_argument("--rope", choices=ROPE_MODES, help="DiT RoPE; 4d: the official layer-time-height-width one "
                                                       "(default: what the adapter records, else 3d)")
     p = g.add_argument_group("prompts")
@@ -164,7 +167,7 @@ def generate(args) -> int:
     started = time.perf_counter()
     _show_loading_messages()
     pipe = load_pipeline(paths, device=device, dtype=DTYPES[args.dtype], offload=not args.no_offload,
-                         rope=args.rope, mask_mode=args.mask_mode)
+                         rope=args.rope, mask_mode=args.mask_mode, ema=args.ema or None)
     hashes = {part: file_hash(p) for part, p in vars(paths).items() if p is not None}
     for job in jobs:
         keep = load_kept_layers(job.get("keep") or {}, args.frames)

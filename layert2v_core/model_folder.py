@@ -115,11 +115,13 @@ def find_components(folder: str | os.PathLike | None = None, required: tuple[str
 
 
 def load_pipeline(paths: ModelPaths, device: str | torch.device = "cpu", dtype: torch.dtype | None = None,
-                  offload: bool = True, vae_tile=None, rope: str | None = None, mask_mode: str | None = None):
+                  offload: bool = True, vae_tile=None, rope: str | None = None, mask_mode: str | None = None,
+                  ema: bool | None = None):
     """Load every part onto the offload device (CPU) and return a LayerT2VPipeline computing on `device`.
 
     rope: the DiT's RoPE ("3d" / "4d"); None takes what the adapter records. mask_mode: see mask_modes.py;
-    None takes the alpha file's, else the official run config's, else 'vae'."""
+    None takes the alpha file's, else the official run config's, else 'vae'. ema: an official checkpoint's EMA
+    weights (see load_dit)."""
     from .checkpoints import load_dit
     from .mask_modes import choose_mask_mode, load_mask_mode
     from .pipeline import LayerT2VPipeline
@@ -129,7 +131,7 @@ def load_pipeline(paths: ModelPaths, device: str | torch.device = "cpu", dtype: 
     home = "cpu" if offload else device
     if dtype is None and torch.device(device).type == "cpu":
         dtype = torch.float32  # half-precision files compute in fp32 on CPU, where fp16 kernels are slow or missing
-    dit = load_dit(paths.dit, dtype=dtype, device=home, adapter=paths.adapter, rope=rope)
+    dit = load_dit(paths.dit, dtype=dtype, device=home, adapter=paths.adapter, rope=rope, ema=ema)
     vae = load_vae(paths.vae, dtype=torch.float32 if torch.device(device).type == "cpu" else None, device=home)
     # Every mask mode shares the frozen VAE weights; vae-lora adds only its adapter.
     mask_vae = load_mask_mode(vae, *choose_mask_mode(paths.mask_vae, paths.adapter, mask_mode))

@@ -76,7 +76,8 @@ class LayerT2VModelLoader:
                            "with the node pack (synthetic shapes only, 48x48, 9 frames; adapter 'none')."}),
             "adapter_name": ([NONE] + _adapter_choices(), {
                 "tooltip": "LayerT2V adapter from models/layert2v (or models/loras): the official PEFT folder's "
-                           "adapter_model file or a LayerT2V .safetensors adapter. 'none' for a merged model."}),
+                           "adapter_model file (its ema/ema_model.pt for the EMA weights, lora_weights.pt for the "
+                           "fallback) or a LayerT2V .safetensors adapter. 'none' for a merged model."}),
             "weight_dtype": (list(DTYPES), {
                 "default": "default",
                 "tooltip": "Compute dtype of the weights. 'default' keeps the file's dtype (fp8 files run in bf16) "
