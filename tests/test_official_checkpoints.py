@@ -7,14 +7,14 @@ exactly that on a PEFT-wrapped model. Tolerance: max |ours - ref| <= 1e-4 * max 
 """
 import pytest
 import torch
-from safetensors import safe_open
 
 from layert2v_core import LayerSpec, load_dit
-from layert2v_core.checkpoints import save_dit
 from layert2v_core.dit import DiTConfig, WanDiT
-from layert2v_core.weights import CheckpointError, save_weights_atomic
+from layert2v_core.weights import CheckpointError
 
-peft = pytest.importorskip("peft")
+pytest.importorskip("peft")
+from test_dit_layers import _base_file  # noqa: E402
+from test_rope_4d import peft_folder  # noqa: E402
 TOL = 1e-4
 
 
@@ -25,11 +25,7 @@ def tiny() -> WanDiT:
 
 
 def plain_base(path):
-    save_dit(tiny(), path)
-    with safe_open(str(path), "pt") as h:
-        meta, tensors = h.metadata(), {k: h.get_tensor(k) for k in h.keys() if not k.startswith("layer_adaln")}
-    save_weights_atomic(tensors, path, meta)
-    return path
+    return _base_file(tiny(), path)
 
 
 def inputs(spec):
@@ -39,17 +35,8 @@ def inputs(spec):
 
 
 def official_folder(folder):
-    config = peft.LoraConfig(r=4, lora_alpha=8, target_modules=["self_attn.q", "cross_attn.k", "ffn.2", "head.head",
-                                                                 "time_projection.1"],
-                             modules_to_save=["layer_adaln"], lora_dropout=0.0)
-    wrapped = peft.get_peft_model(tiny(), config)
-    g = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for name, p in wrapped.named_parameters():
-            if "lora_B" in name or "layer_modulation" in name:
-                p.copy_(torch.randn(p.shape, generator=g) * 0.1)
-    wrapped.save_pretrained(str(folder))
-    return wrapped
+    return peft_folder(tiny(), folder, seed=1,
+                       targets=("self_attn.q", "cross_attn.k", "ffn.2", "head.head", "time_projection.1"))
 
 
 def rel_err(got, expected):

@@ -9,14 +9,14 @@ Tolerance: max |ours - ref| <= 1e-4 * max |ref| in float32.
 """
 import pytest
 import torch
-from safetensors import safe_open
 
 from layert2v_core import LayerSpec, load_dit
-from layert2v_core.checkpoints import save_dit, save_dit_adapter
+from layert2v_core.checkpoints import save_dit_adapter
 from layert2v_core.dit import DiTConfig, WanDiT, apply_rope, rope_for_layered_grid, rope_tables_4d
 from layert2v_core.weights import CheckpointError, save_weights_atomic
 
 diffusers = pytest.importorskip("diffusers")
+from test_dit_layers import _base_file  # noqa: E402
 from test_dit_parity import diffusers_to_original  # noqa: E402
 
 TOL = 1e-4
@@ -110,10 +110,11 @@ def test_4d_rotation_with_custom_split():
     assert (got.double() - expected).abs().max() <= TOL * expected.abs().max()
 
 
-def _peft_folder(model: WanDiT, folder, seed=3):
+def peft_folder(model: WanDiT, folder, seed=3, targets=("self_attn.q", "self_attn.k", "cross_attn.v", "ffn.0")):
+    """An official-style PEFT save_pretrained folder of `model`: random LoRA B and LayerAdaLN; the wrapped model."""
     peft = pytest.importorskip("peft")
-    config = peft.LoraConfig(r=4, lora_alpha=8, target_modules=["self_attn.q", "self_attn.k", "cross_attn.v", "ffn.0"],
-                             modules_to_save=["layer_adaln"], lora_dropout=0.0)
+    config = peft.LoraConfig(r=4, lora_alpha=8, target_modules=list(targets), modules_to_save=["layer_adaln"],
+                             lora_dropout=0.0)
     wrapped = peft.get_peft_model(model, config)
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
@@ -122,14 +123,6 @@ def _peft_folder(model: WanDiT, folder, seed=3):
                 p.copy_(torch.randn(p.shape, generator=g) * 0.1)
     wrapped.save_pretrained(str(folder))
     return wrapped
-
-
-def _plain_base(model: WanDiT, path):
-    save_dit(model, path)
-    with safe_open(str(path), "pt") as h:
-        meta, tensors = h.metadata(), {k: h.get_tensor(k) for k in h.keys() if not k.startswith("layer_adaln")}
-    save_weights_atomic(tensors, path, meta)
-    return path
 
 
 def _tiny_128(rope="3d"):
@@ -142,9 +135,9 @@ def _tiny_128(rope="3d"):
 def test_official_run_config_turns_4d_on(tmp_path, where):
     """An official checkpoint folder whose run config.yaml says use_4d_rope: true loads as 4D with no flag given and
     computes the 4D forward of the adapted model (PEFT's unmerged forward on a 4D model)."""
-    base = _plain_base(_tiny_128(), tmp_path / "base.safetensors")
+    base = _base_file(_tiny_128(), tmp_path / "base.safetensors")
     adapter = tmp_path / "run" / "checkpoints" / "step-100"
-    wrapped = _peft_folder(_tiny_128(rope="4d"), adapter)
+    wrapped = peft_folder(_tiny_128(rope="4d"), adapter)
     config_dir = adapter if where == "folder" else adapter.parent
     (config_dir / "config.yaml").write_text("mask_mode: vae-lora\nuse_4d_rope: true\nrope_dim_ratios: 8,42,40,38\n")
     spec = LayerSpec(1, "official")
@@ -160,8 +153,8 @@ def test_official_run_config_turns_4d_on(tmp_path, where):
 
 
 def test_official_folder_without_run_config_stays_3d(tmp_path):
-    base = _plain_base(_tiny_128(), tmp_path / "base.safetensors")
-    _peft_folder(_tiny_128(), tmp_path / "adapter")
+    base = _base_file(_tiny_128(), tmp_path / "base.safetensors")
+    peft_folder(_tiny_128(), tmp_path / "adapter")
     assert load_dit(base, adapter=tmp_path / "adapter").config.rope == "3d"
     (tmp_path / "config.yaml").write_text("use_4d_rope: false\n")
     assert load_dit(base, adapter=tmp_path / "adapter").config.rope == "3d"
@@ -174,7 +167,7 @@ def test_own_adapter_records_rope(tmp_path):
     torch.manual_seed(0)
     cfg = dict(dim=64, num_heads=2, ffn_dim=128, num_layers=1, text_dim=32, freq_dim=32, text_len=24)
     model = WanDiT(DiTConfig(**cfg, rope="4d", rope_dims=(4, 12, 8, 8))).eval()
-    base = _plain_base(WanDiT(DiTConfig(**cfg)), tmp_path / "base.safetensors")
+    base = _base_file(WanDiT(DiTConfig(**cfg)), tmp_path / "base.safetensors")
     save_dit_adapter(model, {}, tmp_path / "adapter.safetensors", lora_alpha=1.0)
     loaded = load_dit(base, adapter=tmp_path / "adapter.safetensors")
     assert loaded.config.rope == "4d" and tuple(loaded.config.rope_dims) == (4, 12, 8, 8)
