@@ -17,6 +17,7 @@ import torch
 
 from .dit import ROPE_MODES, DiTConfig, WanDiT
 from .layers import ROUTING_POLICIES
+from .mask_modes import PROJECTIONS_FILE, load_projections, mode_of_file
 from .mask_vae import FORMAT_NAME as MASK_VAE_FORMAT
 from .weights import (CheckpointError, WeightSource, assign_weights, is_side_tensor, open_weights, read_tensor,
                       save_weights_atomic)
@@ -135,6 +136,7 @@ class Adapter:
         self.lora, self.tensors, self.routing_policy, self.source = lora, tensors, routing_policy, source
         self.settings = dict(settings or {})
         self.ema_shadow: list[torch.Tensor] | None = None  # an official EMA's values, applied by use_ema
+        self.mask_projections: Path | None = None  # an official 'vae-project' run's mask_vae_projects.pt
 
     def use_ema(self, parameter_order: list[str]) -> None:
         """Replace the adapter's tensors by the EMA shadow values, which the official trainer keeps in the order of
@@ -311,6 +313,11 @@ def _load_official(path: Path, ema: bool | None) -> Adapter:
         settings = {"rope": "3d", **rope_settings(run[1], str(run[0]))}
         log.info("%s: %s RoPE, from %s", path, settings["rope"].upper(), run[0])
     adapter = _build_adapter(source, scale_for, "official", f"official checkpoint {path / files[0]}", settings)
+    projections = path / PROJECTIONS_FILE
+    run_mode = run[1].get("mask_mode") if run is not None else None
+    if projections.is_file() and mode_of_file(projections) == "vae-project" and run_mode in (None, "vae-project"):
+        adapter.mask_projections = projections
+        log.info("%s: 'vae-project' mask projections from %s, applied in the DiT", path, projections)
     ema_file = path / EMA_FILE
     if ema:
         if not ema_file.is_file():
@@ -416,13 +423,15 @@ def load_dit(path: str | os.PathLike, dtype: torch.dtype | None = None, device: 
         readers.update({k: extra.reader(k, readers.get(k)) for k in set(readers) | set(extra.tensors)})
     assign_weights(model, readers, dtype=dtype, device=device, fmt=layout, path=path, optional=[LAYER_ADALN_KEY],
                    keep_float32=keep_float32)
+    if extra is not None and extra.mask_projections is not None:
+        model.mask_projection = load_projections(extra.mask_projections).to(device)
     return model.eval().requires_grad_(False)
 
 
 def save_dit(model: WanDiT, path: str | os.PathLike, dtype: torch.dtype | None = None) -> None:
     """Write a full checkpoint in the original layout, its config (heads, routing policy...) in the metadata."""
     tensors = {k: (v.to(dtype) if dtype is not None and not k.endswith(_FLOAT32_SUFFIXES) else v)
-               for k, v in model.state_dict().items()}
+               for k, v in model.state_dict().items() if not k.startswith("mask_projection.")}
     save_weights_atomic(tensors, path, {METADATA_KEY: json.dumps({"config": model.config.to_dict()})})
 
 

@@ -265,6 +265,7 @@ class WanDiT(nn.Module):
         self.layer_adaln = LayerAdaLN(cfg.num_layer_categories, cfg.dim)
         self._rope = rope_tables(cfg.dim // cfg.num_heads)
         self._rope_4d = rope_tables_4d(cfg.dim // cfg.num_heads, cfg.rope_dims) if cfg.rope == "4d" else None
+        self.mask_projection = None  # the official 'vae-project' mask mode's projections (mask_modes.py), if any
 
     @property
     def dtype(self) -> torch.dtype:
@@ -322,6 +323,8 @@ class WanDiT(nn.Module):
         elif context.shape[1] < cfg.text_len:  # Wan pads every context to text_len rows before text_embedding
             context = F.pad(context, (0, 0, 0, cfg.text_len - context.shape[1]))
 
+        if layer_spec is not None and self.mask_projection is not None:
+            x = self.mask_projection.project_input(x, layer_spec)
         e = self.time_embedding(sinusoidal_embedding(cfg.freq_dim, t).to(self.dtype)).float()
         e0 = self.time_projection(e.to(self.dtype)).float().unflatten(1, (6, cfg.dim))
         if layer_spec is None:
@@ -345,8 +348,10 @@ class WanDiT(nn.Module):
                 h = checkpoint(block, h, e_seg, ctx, rope, bias, use_reentrant=False)
             else:
                 h = block(h, e_seg, ctx, rope, bias)
-        out = self.head(h, e)
-        return self.unpatchify(out, grid)
+        out = self.unpatchify(self.head(h, e), grid)
+        if layer_spec is not None and self.mask_projection is not None:
+            out = self.mask_projection.project_output(out, layer_spec)
+        return out
 
     def _rope_for(self, grid: tuple[int, int, int], layer_spec: LayerSpec | None, device):
         """Wan's 3D RoPE, or with rope "4d" and a layered input the official layer-time-height-width RoPE."""

@@ -10,8 +10,10 @@ Every mode gives the interface of MaskVAE, `encode(alpha [B,1,T,H,W] in [0,1])` 
                       decoded as the channel mean resized back
   downsample-project  small learned convolutions instead (`mask_encoder.pt` + `mask_decoder.pt`; the default of the
                       official train.yaml)
+  vae-project         the plain Wan VAE, and per-position MLPs (`mask_vae_projects.pt`) on the mask segment of the
+                      DiT's input and output at every step: they travel with the DiT (MaskSegmentProjections)
 
-The official `vae-project` and `mask-vae-*` modes (`mask_vae_projects.pt`, `mask_vae.pt`) are not read yet.
+The official `mask-vae-*` modes (a dedicated mask VAE, `mask_vae.pt`) are not read yet.
 """
 from __future__ import annotations
 
@@ -29,9 +31,10 @@ from .weights import CheckpointError, describe_mismatch
 
 log = logging.getLogger(__name__)
 
-MASK_MODES = (VAE_LORA, "vae", "downsample", "downsample-project")
-UNSUPPORTED_MASK_MODES = ("vae-project", "mask-vae-project", "mask-vae-joint")
+MASK_MODES = (VAE_LORA, "vae", "downsample", "downsample-project", "vae-project")
+UNSUPPORTED_MASK_MODES = ("mask-vae-project", "mask-vae-joint")
 ENCODER_FILE, DECODER_FILE = "mask_encoder.pt", "mask_decoder.pt"
+PROJECTIONS_FILE, DEDICATED_MASK_VAE_FILE = "mask_vae_projects.pt", "mask_vae.pt"
 TEMPORAL_STRIDE, SPATIAL_STRIDE = 4, 8
 
 
@@ -53,13 +56,13 @@ def _check_alpha(alpha: torch.Tensor) -> None:
 
 
 class PlainVAEMatte(nn.Module):
-    """'vae' mode: the matte through the plain Wan VAE as a 3-channel video in [-1, 1]."""
+    """'vae' mode: the matte through the plain Wan VAE as a 3-channel video in [-1, 1] (also 'vae-project''s
+    decoding, whose projections run inside the DiT)."""
 
-    mask_mode = "vae"
-
-    def __init__(self, vae: WanVAE):
+    def __init__(self, vae: WanVAE, mask_mode: str = "vae"):
         super().__init__()
         self.vae = vae
+        self.mask_mode = mask_mode
 
     def encode(self, alpha: torch.Tensor, *, tile=None) -> torch.Tensor:
         _check_alpha(alpha)
@@ -145,6 +148,105 @@ class LearnedDownsampleMatte(nn.Module):
         return ((self.decoder(latent.to(weight.dtype), video_size(latent)).float() + 1) / 2).clamp(0, 1)
 
 
+class GatedPointwiseMLP(nn.Module):
+    """x + tanh(gate) * norm(MLP(x)) over the channel axis of [B, C, T, H, W]; Linear / SiLU layers, optional
+    RMSNorm (float32) after the MLP."""
+
+    def __init__(self, channels: int, hidden: int, depth: int, rms_norm: bool):
+        super().__init__()
+        widths = [channels] + [hidden] * (depth - 1) + [channels]
+        layers: list[nn.Module] = []
+        for i in range(depth):
+            layers.append(nn.Linear(widths[i], widths[i + 1]))
+            if i < depth - 1:
+                layers.append(nn.SiLU())
+        self.mlp = nn.Sequential(*layers)
+        self.norm = RMSNormLast(channels) if rms_norm else nn.Identity()
+        self.gate = nn.Parameter(torch.tensor(0.0))
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        h = z.movedim(1, -1)
+        return (h + torch.tanh(self.gate) * self.norm(self.mlp(h))).movedim(-1, 1)
+
+
+class RMSNormLast(nn.Module):
+    def __init__(self, dim: int, eps: float = 1e-6):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        xf = x.float()
+        return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight).to(x.dtype)
+
+
+class ProjectIn(nn.Module):
+    """The official project_in: a per-channel affine (pre_scale, pre_bias), then the gated MLP."""
+
+    def __init__(self, channels: int, hidden: int, depth: int, rms_norm: bool):
+        super().__init__()
+        self.pre_scale = nn.Parameter(torch.ones(1, channels, 1, 1, 1))
+        self.pre_bias = nn.Parameter(torch.zeros(1, channels, 1, 1, 1))
+        self.proj = GatedPointwiseMLP(channels, hidden, depth, rms_norm)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.proj(z * self.pre_scale + self.pre_bias)
+
+
+class ProjectOut(nn.Module):
+    def __init__(self, channels: int, hidden: int, depth: int, rms_norm: bool):
+        super().__init__()
+        self.proj = GatedPointwiseMLP(channels, hidden, depth, rms_norm)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.proj(z)
+
+
+class MaskSegmentProjections(nn.Module):
+    """'vae-project': project_in on the mask segments of the DiT's input, project_out on those of its output."""
+
+    def __init__(self, channels: int, hidden: int = 128, depth: int = 2, rms_norm: bool = False):
+        super().__init__()
+        self.proj_in = ProjectIn(channels, hidden, depth, rms_norm)
+        self.proj_out = ProjectOut(channels, hidden, depth, rms_norm)
+
+    @staticmethod
+    def _on_masks(x: torch.Tensor, spec, fn) -> torch.Tensor:
+        parts = spec.split(x)
+        return spec.join({name: fn(part) if spec.kind(name) == "mask" else part for name, part in parts.items()})
+
+    def project_input(self, x: torch.Tensor, spec) -> torch.Tensor:
+        weight = self.proj_in.pre_scale
+        return self._on_masks(x, spec, lambda part: self.proj_in(part.to(weight.dtype)).to(x.dtype))
+
+    def project_output(self, velocity: torch.Tensor, spec) -> torch.Tensor:
+        weight = self.proj_out.proj.gate
+        return self._on_masks(velocity, spec, lambda part: self.proj_out(part.to(weight.dtype)).to(velocity.dtype))
+
+
+def load_projections(path: str | os.PathLike) -> MaskSegmentProjections:
+    """The official mask_vae_projects.pt ({proj_in, proj_out, config}), read with weights_only."""
+    path = Path(path)
+    state = torch.load(str(path), map_location="cpu", weights_only=True)
+    if not isinstance(state, dict) or not isinstance(state.get("proj_in"), dict) \
+            or not isinstance(state.get("proj_out"), dict):
+        raise CheckpointError(f"{path} is not an official {PROJECTIONS_FILE} (a dict with proj_in, proj_out, config)")
+    config = state.get("config") or {}
+    first = state["proj_in"].get("proj.mlp.0.weight")
+    if first is None:
+        raise CheckpointError(f"{path}: proj_in has no proj.mlp.0.weight")
+    depth = sum(1 for k in state["proj_in"] if k.startswith("proj.mlp.") and k.endswith(".weight"))
+    module = MaskSegmentProjections(first.shape[1], first.shape[0] if depth > 1 else int(config.get(
+        "hidden_channels", 128)), depth, "proj.norm.weight" in state["proj_in"])
+    for name, part in (("proj_in", module.proj_in), ("proj_out", module.proj_out)):
+        own, given = part.state_dict(), state[name]
+        missing, unexpected = sorted(set(own) - set(given)), sorted(set(given) - set(own))
+        if missing or unexpected:
+            raise CheckpointError(describe_mismatch(f"official {PROJECTIONS_FILE} {name}", path, missing, unexpected))
+        part.load_state_dict(given)
+    return module.eval().requires_grad_(False)
+
+
 def _torch_state(path: Path) -> dict:
     # weights_only: these files are state dicts of tensors; nothing else is ever unpickled.
     state = torch.load(str(path), map_location="cpu", weights_only=True)
@@ -185,8 +287,10 @@ def mode_of_file(path: str | os.PathLike) -> str:
     name = Path(path).name
     if name in (ENCODER_FILE, DECODER_FILE) or Path(path).is_dir():
         return "downsample-project"
-    if name in ("mask_vae_projects.pt", "mask_vae.pt"):
-        return "mask-vae-project" if name == "mask_vae.pt" else "vae-project"
+    if name == PROJECTIONS_FILE:
+        return "mask-vae-project" if (Path(path).parent / DEDICATED_MASK_VAE_FILE).exists() else "vae-project"
+    if name == DEDICATED_MASK_VAE_FILE:
+        return "mask-vae-project"
     return VAE_LORA
 
 
@@ -201,6 +305,8 @@ def choose_mask_mode(mask_file: str | os.PathLike | None = None, adapter: str | 
     if mode is None and file is not None:
         mode, why = mode_of_file(file), f"from {file}"
     run = official_run_config(adapter) if adapter is not None and Path(adapter).is_dir() else None
+    if mode is None and file is None and adapter is not None and (Path(adapter) / PROJECTIONS_FILE).is_file():
+        mode, why = mode_of_file(Path(adapter) / PROJECTIONS_FILE), f"{PROJECTIONS_FILE} beside the adapter"
     if mode is None and run is not None and run[1].get("mask_mode"):
         mode, why = str(run[1]["mask_mode"]), f"the mask_mode of {run[0]}"
         needs = {VAE_LORA: "mask_vae_lora.pt", "downsample-project": f"{ENCODER_FILE} and {DECODER_FILE}"}
@@ -234,4 +340,6 @@ def load_mask_mode(vae: WanVAE, mode: str | None = None, path: str | os.PathLike
         folder = Path(path) if Path(path).is_dir() else Path(path).parent
         weight = vae.conv2.weight
         return load_learned_downsample(folder, vae.z_dim).to(weight.device)
-    return PlainVAEMatte(vae) if mode == "vae" else DownsampledMatte(vae.z_dim)
+    if mode == "downsample":
+        return DownsampledMatte(vae.z_dim)
+    return PlainVAEMatte(vae, mode)  # 'vae', and 'vae-project' whose projections the DiT carries

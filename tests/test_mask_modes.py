@@ -130,8 +130,8 @@ def test_mask_mode_files_are_checked(tmp_path):
     torch.save({"decoder": argparse.Namespace(code="runs on load")}, tmp_path / "mask_decoder.pt")
     with pytest.raises(pickle.UnpicklingError, match="Weights only load failed"):  # never unpickled
         load_mask_mode(vae, "downsample-project", tmp_path)
-    with pytest.raises(CheckpointError, match="'vae-project' mask mode is not supported yet"):
-        load_mask_mode(vae, "vae-project")
+    with pytest.raises(CheckpointError, match="'mask-vae-joint' mask mode is not supported yet"):
+        load_mask_mode(vae, "mask-vae-joint")
     with pytest.raises(FileNotFoundError, match="'vae-lora' mask mode needs the alpha VAE file"):
         load_mask_mode(vae, "vae-lora")
 
@@ -197,3 +197,55 @@ def test_comfy_graph_runs_with_official_mask_modes(alpha, comfy_folders):
     assert vae.mask_vae.mask_mode == ("vae" if alpha.startswith("none") else "downsample-project")
     mask = decoded[3]
     assert mask.shape == (9, 48, 48) and 0 <= mask.min() <= mask.max() <= 1
+
+
+def _projection_state(channels=16, hidden=8, seed=5):
+    """Random official mask_vae_projects.pt contents: per-position gated MLPs, project_in with its affine."""
+    g = torch.Generator().manual_seed(seed)
+    rnd = lambda *shape: torch.randn(*shape, generator=g) * 0.3  # noqa: E731
+    mlp = lambda: {"proj.mlp.0.weight": rnd(hidden, channels), "proj.mlp.0.bias": rnd(hidden),  # noqa: E731
+                   "proj.mlp.2.weight": rnd(channels, hidden), "proj.mlp.2.bias": rnd(channels),
+                   "proj.gate": torch.tensor(0.7)}
+    return {"proj_in": {"pre_scale": 1 + rnd(1, channels, 1, 1, 1), "pre_bias": rnd(1, channels, 1, 1, 1), **mlp()},
+            "proj_out": mlp(), "config": {"latent_channels": channels, "hidden_channels": hidden, "mlp_depth": 2,
+                                          "norm_type": "none", "gate_init": 0.0}}
+
+
+def reference_projection(s, z, affine):
+    if affine:
+        z = z * s["pre_scale"] + s["pre_bias"]
+    h = z.permute(0, 2, 3, 4, 1)
+    y = F.silu(h @ s["proj.mlp.0.weight"].T + s["proj.mlp.0.bias"]) @ s["proj.mlp.2.weight"].T + s["proj.mlp.2.bias"]
+    return (h + torch.tanh(s["proj.gate"]) * y).permute(0, 4, 1, 2, 3)
+
+
+def test_vae_project_runs_its_projections_around_the_dit(tmp_path):
+    """Official 'vae-project' sampling: project_in on the mask segment of the DiT input, project_out on the mask
+    segment of its velocity, every call; a folder holding mask_vae_projects.pt brings them along."""
+    from test_dit_layers import _base_file, sample, tiny
+    from test_rope_4d import peft_folder
+
+    from layert2v_core import LayerSpec, load_dit
+    from layert2v_core.mask_modes import choose_mask_mode
+
+    base = _base_file(tiny(), tmp_path / "base.safetensors")
+    folder = tmp_path / "checkpoint"
+    peft_folder(tiny(), folder)
+    state = _projection_state()
+    torch.save(state, folder / "mask_vae_projects.pt")
+    spec = LayerSpec(1, "official")
+    x, t, ctx, lens = sample(spec)
+    with torch.no_grad():
+        model = load_dit(base, adapter=folder)
+        got = model(x, t, ctx, layer_spec=spec, prompt_lens=lens)
+        assert model.mask_projection is not None
+        model.mask_projection = None
+        parts = spec.split(x)
+        parts["mask1"] = reference_projection(state["proj_in"], parts["mask1"], affine=True)
+        velocity = spec.split(model(spec.join(parts), t, ctx, layer_spec=spec, prompt_lens=lens))
+        velocity["mask1"] = reference_projection(state["proj_out"], velocity["mask1"], affine=False)
+        expected = spec.join(velocity)
+    assert (got - expected).abs().max() <= TOL * expected.abs().max()
+    assert (got - model(x, t, ctx, layer_spec=spec, prompt_lens=lens)).abs().max() > 1e-2
+    assert choose_mask_mode(None, folder)[0] == "vae-project"
+    assert load_mask_mode(_vae(), "vae-project").mask_mode == "vae-project"  # decoded by the plain VAE
