@@ -316,6 +316,9 @@ def choose_mask_mode(mask_file: str | os.PathLike | None = None, adapter: str | 
                                     f"the alpha VAE explicitly")
     if mode is None:
         mode, why = "vae", "no alpha VAE file found, so the plain Wan VAE decodes mattes (the official default)"
+    if mode == "vae-project" and not (adapter is not None and (Path(adapter) / PROJECTIONS_FILE).is_file()):
+        raise FileNotFoundError(f"'vae-project' mask mode needs {PROJECTIONS_FILE} in the official checkpoint folder "
+                                f"given as the adapter (the DiT applies its projections); none found")
     log.info("mask mode %s: %s", mode, why)
     return mode, file
 

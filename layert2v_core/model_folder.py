@@ -131,9 +131,9 @@ def load_pipeline(paths: ModelPaths, device: str | torch.device = "cpu", dtype: 
     home = "cpu" if offload else device
     if dtype is None and torch.device(device).type == "cpu":
         dtype = torch.float32  # half-precision files compute in fp32 on CPU, where fp16 kernels are slow or missing
+    matte = choose_mask_mode(paths.mask_vae, paths.adapter, mask_mode)  # a missing mask file stops us before loading
     dit = load_dit(paths.dit, dtype=dtype, device=home, adapter=paths.adapter, rope=rope, ema=ema)
     vae = load_vae(paths.vae, dtype=torch.float32 if torch.device(device).type == "cpu" else None, device=home)
-    # Every mask mode shares the frozen VAE weights; vae-lora adds only its adapter.
-    mask_vae = load_mask_mode(vae, *choose_mask_mode(paths.mask_vae, paths.adapter, mask_mode))
+    mask_vae = load_mask_mode(vae, *matte)  # every mode shares the frozen VAE weights; vae-lora adds its adapter
     text_encoder = load_text_encoder(paths.text_encoder, dtype=dtype, device=home)
     return LayerT2VPipeline(dit, vae, mask_vae, text_encoder, device, offload=offload, vae_tile=vae_tile)
