@@ -101,6 +101,8 @@ class MaskVAE(nn.Module):
     The RGB VAE passed in is frozen (requires_grad off) and shared, not copied.
     """
 
+    mask_mode = MASK_MODE
+
     def __init__(self, vae: WanVAE, config: MaskVAEConfig = MaskVAEConfig()):
         super().__init__()
         if config.lora_rank < 1:

@@ -151,6 +151,7 @@ def test_model_folder_without_alpha_vae_generates_in_vae_mode(tmp_path):
     assert pipe.mask_vae.mask_mode == "vae"
     result = pipe("a red circle", "a field", ["a red circle"], frames=5, height=16, width=16, steps=2)
     assert result.alphas[0].shape == (1, 5, 16, 16) and 0 <= result.alphas[0].min() <= result.alphas[0].max() <= 1
+    assert result.settings["mask_mode"] == "vae" and result.settings["rope"] == "3d"  # recorded in manifest.json
 
 
 def test_mask_files_and_run_config_beside_an_official_adapter(tmp_path):
