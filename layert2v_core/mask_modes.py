@@ -25,6 +25,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .dit import RMSNorm
 from .mask_vae import MASK_MODE as VAE_LORA, load_mask_vae
 from .vae import WanVAE
 from .weights import CheckpointError, describe_mismatch
@@ -150,7 +151,7 @@ class LearnedDownsampleMatte(nn.Module):
 
 class GatedPointwiseMLP(nn.Module):
     """x + tanh(gate) * norm(MLP(x)) over the channel axis of [B, C, T, H, W]; Linear / SiLU layers, optional
-    RMSNorm (float32) after the MLP."""
+    RMSNorm after the MLP."""
 
     def __init__(self, channels: int, hidden: int, depth: int, rms_norm: bool):
         super().__init__()
@@ -161,23 +162,12 @@ class GatedPointwiseMLP(nn.Module):
             if i < depth - 1:
                 layers.append(nn.SiLU())
         self.mlp = nn.Sequential(*layers)
-        self.norm = RMSNormLast(channels) if rms_norm else nn.Identity()
+        self.norm = RMSNorm(channels) if rms_norm else nn.Identity()
         self.gate = nn.Parameter(torch.tensor(0.0))
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         h = z.movedim(1, -1)
         return (h + torch.tanh(self.gate) * self.norm(self.mlp(h))).movedim(-1, 1)
-
-
-class RMSNormLast(nn.Module):
-    def __init__(self, dim: int, eps: float = 1e-6):
-        super().__init__()
-        self.eps = eps
-        self.weight = nn.Parameter(torch.ones(dim))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        xf = x.float()
-        return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight).to(x.dtype)
 
 
 class ProjectIn(nn.Module):
