@@ -191,13 +191,15 @@ def _periodic_noise(grid: torch.Tensor, u: torch.Tensor, v: torch.Tensor) -> tor
 
 
 def _background(style: BackgroundStyle, frames: int, height: int, width: int, rng: random.Random,
-                generator: torch.Generator) -> torch.Tensor:
-    """[3, T, H, W] texture drifting over the clip; its pattern parameters come from `rng`."""
+                generator: torch.Generator, static: bool = False) -> torch.Tensor:
+    """[3, T, H, W] texture drifting over the clip (held still when `static`); its pattern parameters come from
+    `rng`."""
     x, y, t = _grid(frames, height, width)
     unit = float(min(height, width))
     x, y = x / unit, y / unit
     angle = rng.uniform(0, 2 * math.pi)
     drift = rng.uniform(0.15, 0.35)  # distance the texture travels over the clip, in frame sizes
+    drift = 0.0 if static else drift  # drawn either way, so a static sample differs from its drifting twin only here
     dx, dy = math.cos(angle) * drift, math.sin(angle) * drift
     u, v = x - dx * t, y - dy * t
     if style.pattern == "stripes":
@@ -331,11 +333,13 @@ def _choose_layers(count: int, background: str, split: str, rng: random.Random) 
 
 
 def generate_sample(seed: int, frames: int = 17, height: int = 64, width: int = 64, max_foregrounds: int = 3,
-                    split: str = "train", num_foregrounds: int | None = None) -> LayeredSample:
+                    split: str = "train", num_foregrounds: int | None = None,
+                    static_camera: bool = False) -> LayeredSample:
     """One layered sample, a pure function of its arguments.
 
     num_foregrounds: 1..3, or None to draw it uniformly from 1..max_foregrounds. split: "train" (no held-out
-    combination) or "eval" (only held-out combinations).
+    combination) or "eval" (only held-out combinations). static_camera: the background texture stands still (a
+    locked-off camera) instead of drifting.
     """
     if split not in ("train", "eval"):
         raise ValueError(f"split must be 'train' or 'eval', got {split!r}")
@@ -350,7 +354,7 @@ def generate_sample(seed: int, frames: int = 17, height: int = 64, width: int = 
         raise ValueError(f"num_foregrounds must be 1..{MAX_FOREGROUNDS}, got {count}")
     background_name = rng.choice(list(BACKGROUNDS))
     layers = _choose_layers(count, background_name, split, rng)
-    background = _background(BACKGROUNDS[background_name], frames, height, width, rng, generator)
+    background = _background(BACKGROUNDS[background_name], frames, height, width, rng, generator, static_camera)
 
     # Draw paths until the shapes stay apart over the whole clip; keep the best try if none does.
     size = min(height, width)

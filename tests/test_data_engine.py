@@ -1,0 +1,258 @@
+"""The data engine on synthetic videos whose true layers it never sees: accuracy of the classical backends, the
+quality-control rule and panels, untrusted model output, resumability, sharding, the OpenAI-compatible backend
+against a real HTTP server, the external-command backend, and a kill in the middle of a run."""
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+import torch
+
+from layert2v_core.video_io import read_video
+from train.data_engine import classical
+from train.data_engine.pipeline import Engine, Rules, decompose
+from train.data_engine.quality import four_panels, key_frames, qualified_intervals, segments
+from train.data_engine.run import run, summarize
+from train.data_engine.sources import read_list
+from train.data_engine.stages import Rejection, parse_annotation, parse_scores
+from train.synthetic import generate_sample, write_sample
+from train.vidlayer_layout import discover
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RUN = os.path.join(ROOT, "train", "data_engine", "run.py")
+FRAMES, SIZE = 21, 64
+# Synthetic subjects cover 2-7% of the frame, under the paper's 10% floor.
+SMALL_SUBJECTS = ["--min-area", "0.01"]
+
+
+def write_videos(root, specs, lossless=True, frames=FRAMES, size=SIZE):
+    """Synthetic static-camera videos; the list the engine gets holds only the full video and its captions."""
+    rows, truth = [], {}
+    for number, (seed, count) in enumerate(specs):
+        sample = generate_sample(seed, frames, size, size, num_foregrounds=count, static_camera=True)
+        folder = write_sample(sample, root / "truth" / f"s{number}", lossless=lossless)
+        video = folder / ("full_video" if lossless else "full_video.mp4")
+        rows.append({"id": f"v{number}", "video": os.path.relpath(video, root), "caption": sample.captions["full"],
+                     "foregrounds": sample.captions["foregrounds"], "background": sample.captions["background"]})
+        truth[f"v{number}"] = sample
+    (root / "list.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return root / "list.jsonl", truth
+
+
+@pytest.fixture(scope="module")
+def mined(tmp_path_factory):
+    root = tmp_path_factory.mktemp("engine")
+    videos, truth = write_videos(root, [(1, 1), (2, 2), (4, 2)])
+    assert run(["--videos", str(videos), "--out", str(root / "out"), *SMALL_SUBJECTS]) == 0
+    return root, truth
+
+
+def iou(a, b):
+    return float((a & b).sum()) / max(1, float((a | b).sum()))
+
+
+def test_classical_engine_recovers_the_hidden_layers(mined):
+    """Alpha IoU (at 0.5) >= 0.9 per foreground and background PSNR >= 30 dB over the pixels the background shows
+    in some frame, measured on what the engine wrote (H.264) against the synthetic truth."""
+    root, truth = mined
+    entries, bad = discover(root / "out")
+    assert not bad and len(entries) == 3
+    assert sorted(e.num_foregrounds for e in entries) == [1, 2, 2]
+    for entry in entries:
+        sample = truth[entry.id.split("_")[0]]
+        first, last = json.loads((root / "out" / entry.id / "metadata.json").read_text())["engine"]["frames"]
+        assert (first, last) == (0, FRAMES - 1)
+        assert list(entry.caption_foregrounds) == sample.captions["foregrounds"]
+        for mask, true_alpha in zip(entry.masks, sample.alphas[:, 0]):
+            alpha = torch.from_numpy(read_video(mask)[0]).mean(-1)
+            score = iou(alpha > 0.5, true_alpha > 0.5)
+            print(f"{entry.id} alpha IoU {score:.4f}")
+            assert score >= 0.9, (entry.id, score)
+        background = torch.from_numpy(read_video(entry.background)[0][..., :3])
+        true_background = sample.background.permute(1, 2, 3, 0)
+        seen = ~(sample.alphas[:, 0].sum(0) > 0.999).all(0)
+        mse = ((background - true_background) ** 2).mean(-1)[:, seen].mean().item()
+        psnr = 10 * math.log10(1 / mse)
+        print(f"{entry.id} background PSNR {psnr:.2f} dB over {int(seen.sum())} ever-visible pixels")
+        assert psnr >= 30, (entry.id, psnr)
+
+
+def test_engine_output_trains_stage_2(mined, tmp_path):
+    from train.config import parse_config
+    from train.dit_task import DiTTask
+    from train.loop import train
+    from train.tiny_models import write_model_folder
+
+    root, _ = mined
+    write_model_folder(tmp_path / "model")
+    cfg = parse_config("test", ["--config", os.path.join(ROOT, "train", "configs", "tiny_cpu.yaml"),
+                                "--model", str(tmp_path / "model"), "--data", str(root / "out"),
+                                "--output-dir", str(tmp_path / "run"), "--max-steps", "2", "--batch-size", "1"])
+    task = DiTTask(cfg)
+    assert len(task.dataset) == 1  # the one single-foreground sample; the stage takes one foreground
+    final = train(task, cfg)
+    log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert [row["step"] for row in log if "loss" in row] == [1, 2]
+    assert all(math.isfinite(row["loss"]) for row in log if "loss" in row)
+    assert (final / "adapter.safetensors").is_file()
+
+
+def test_summary_and_rerun_skip_finished_videos(mined, capsys):
+    root, _ = mined
+    summary = json.loads((root / "out" / "engine_summary.json").read_text())
+    assert summary["videos"] == 3 and summary["kept_videos"] == 3 and summary["samples"] == 3
+    assert summary["stages"]["quality"] == {"in": 3, "kept": 3, "rejected": {}}
+    stamps = {p.name: p.stat().st_mtime_ns for p in (root / "out").iterdir() if p.name != "engine_summary.json"}
+    assert run(["--videos", str(root / "list.jsonl"), "--out", str(root / "out"), *SMALL_SUBJECTS]) == 0
+    assert "3 video(s), 3 already done" in capsys.readouterr().out
+    assert {p.name: p.stat().st_mtime_ns for p in (root / "out").iterdir() if p.name in stamps} == stamps
+
+
+# ---------------------------------------------------------------- quality control, known answers
+
+
+def test_interval_rule_keeps_pairs_of_good_key_frames():
+    scores = {0: (9, 8), 10: (7, 7), 20: (6, 9), 30: (8, 8), 40: (10, 10), 50: (7, 3)}
+    assert qualified_intervals(scores) == [(0, 10), (30, 40)]
+    assert qualified_intervals(scores, threshold=6) == [(0, 10), (10, 20), (20, 30), (30, 40)]
+    assert segments([(0, 10), (10, 20), (30, 40)]) == [(0, 20), (30, 40)]
+    assert segments([(0, 10), (10, 20), (30, 40)], min_frames=12) == [(0, 20)]
+    assert key_frames(21) == [0, 10, 20] and key_frames(20) == [0, 10]
+
+
+def test_four_panels_layout():
+    original = torch.rand(4, 5, 3)
+    alpha = torch.zeros(4, 5)
+    alpha[1:3, 2:4] = 1.0
+    background = torch.rand(4, 5, 3)
+    panel = four_panels(original, alpha, background)
+    assert panel.shape == (4, 20, 3)
+    assert torch.equal(panel[:, :5], original)
+    assert torch.equal(panel[:, 5:10, 0], alpha) and torch.equal(panel[:, 5:10, 1], alpha)
+    assert torch.equal(panel[:, 10:15], background)
+    assert torch.equal(panel[1:3, 17:19], original[1:3, 2:4]) and panel[0, 15:].abs().sum() == 0
+
+
+def test_measured_checker_rejects_a_subject_left_in_the_background():
+    sample = generate_sample(3, 11, 48, 48, num_foregrounds=1, static_camera=True)
+    original = sample.full[:, 0].permute(1, 2, 0)
+    alpha = sample.alphas[0, 0, 0]
+    clean = sample.background[:, 0].permute(1, 2, 0)
+    checker = classical.MeasuredQualityChecker()
+    good = checker.score([(0, four_panels(original, alpha, clean))], "")
+    ghost = checker.score([(0, four_panels(original, alpha, original))], "")  # nothing removed
+    holed = checker.score([(0, four_panels(original, alpha * 0, clean))], "")  # nothing matted
+    assert good["0"][0] >= 9 and good["0"][1] >= 9, good
+    assert ghost["0"][0] == 0 and holed["0"][1] == 0, (ghost, holed)
+
+
+# ---------------------------------------------------------------- untrusted model output
+
+
+def test_annotation_answers_are_checked():
+    answer = {"subjects": [{"id": "1", "caption": "a red ball"}], "always_visible": True, "subject_size": "small",
+              "camera_stable": True, "quality": 8, "full_caption": "a red ball rolls", "background_caption": "a floor"}
+    fenced = "Here you go:\n```json\n" + json.dumps(answer) + "\n```"
+    assert parse_annotation(fenced).subjects[0].caption == "a red ball"
+    for broken, message in [("{'subjects': []", "no JSON object"), ("{\"subjects\": [}", "not valid JSON"),
+                            (json.dumps({**answer, "quality": 11}), "integer 0-10"),
+                            (json.dumps({**answer, "quality": 7.5}), "integer 0-10"),
+                            (json.dumps({**answer, "subjects": []}), "no valid subject"),
+                            (json.dumps({**answer, "subject_size": "huge"}), "subject_size"),
+                            (json.dumps({**answer, "camera_stable": "yes"}), "true or false"), ("", "no answer")]:
+        with pytest.raises(Rejection, match=message):
+            parse_annotation(broken)
+
+
+def test_quality_answers_are_checked():
+    assert parse_scores('{"0": [9, 8], "10": [7.0, 10]}', [0, 10]) == {0: (9, 8), 10: (7, 10)}
+    for broken, message in [('{"0": [9, 8]}', "frame 10"), ('{"0": [9, 8], "10": [7, -1]}', "integer 0-10"),
+                            ('{"0": [9], "10": [7, 7]}', "frame 0"), ('[1, 2]', "no JSON object"),
+                            ('{"0": [9, NaN], "10": [7, 7]}', "integer 0-10")]:
+        with pytest.raises(Rejection, match=message):
+            parse_scores(broken, [0, 10])
+
+
+class _Fixed:
+    """A backend stub returning a fixed answer for every stage method."""
+
+    needs_static_camera = False
+
+    def __init__(self, **answers):
+        self.answers = answers
+
+    def __getattr__(self, name):
+        if name in self.answers:
+            return lambda *args, **kwargs: self.answers[name](*args)
+        raise AttributeError(name)
+
+
+@pytest.mark.parametrize("stage, backend, message", [
+    ("annotate", _Fixed(annotate=lambda f, c, h: "I think it is a dog."), "no JSON object"),
+    ("first_frame_mask", _Fixed(first_frame_mask=lambda f, c, x: torch.zeros(f.shape[1:3])), "empty mask"),
+    ("matting", _Fixed(matte=lambda f, m: torch.full(f.shape[:3], float("nan"))), "NaN"),
+    ("removal", _Fixed(remove=lambda f, a: f[:, :4]), "shape"),
+    ("quality", _Fixed(score=lambda p, d: '{"0": [12, 9], "10": [9, 9], "20": [9, 9]}'), "integer 0-10"),
+])
+def test_bad_model_output_is_a_rejection(stage, backend, message):
+    sample = generate_sample(1, FRAMES, 48, 48, num_foregrounds=1, static_camera=True)
+    frames = sample.full.permute(1, 2, 3, 0).contiguous()
+    parts = dict(annotator=classical.CaptionAnnotator(), masker=classical.MotionMasker(),
+                 matter=classical.MotionMatter(), remover=classical.MedianRemover(),
+                 checker=classical.MeasuredQualityChecker())
+    key = {"annotate": "annotator", "first_frame_mask": "masker", "matting": "matter", "removal": "remover",
+           "quality": "checker"}[stage]
+    engine = Engine(**{**parts, key: backend}, rules=Rules(min_area=0.01))
+    report = {}
+    with pytest.raises(Rejection, match=message) as caught:
+        decompose(engine, frames, sample.captions["full"], {"foregrounds": sample.captions["foregrounds"]}, report)
+    assert caught.value.stage == stage
+    assert list(report["stages"])[-1:] == [] or stage not in report["stages"]
+
+
+# ---------------------------------------------------------------- the runner
+
+
+def test_video_list_errors_name_the_lines(tmp_path):
+    bad = tmp_path / "list.jsonl"
+    bad.write_text('{"video": "a.mp4", "caption": "x"}\nnot json\n{"video": "b.mp4"}\n'
+                   '{"video": "c.mp4", "caption": "y", "id": "a b"}\n')
+    with pytest.raises(ValueError) as caught:
+        read_list(bad)
+    text = str(caught.value)
+    assert "line 2: not JSON" in text and "line 3: 'caption'" in text and "line 4: 'id'" in text
+
+
+def test_shards_split_the_list_and_share_one_summary(tmp_path):
+    videos, _ = write_videos(tmp_path, [(5, 1), (6, 1), (7, 1)], frames=9, size=32)
+    with open(videos, "a") as handle:
+        handle.write(json.dumps({"id": "missing", "video": "nowhere.mp4", "caption": "x"}) + "\n")
+    for shard in ("0/2", "1/2"):
+        assert run(["--videos", str(videos), "--out", str(tmp_path / "out"), "--shard", shard, "--checker", "none",
+                    *SMALL_SUBJECTS]) == 0
+    records = {p.stem: json.loads(p.read_text()) for p in (tmp_path / "out" / ".engine").glob("*.json")}
+    assert sorted(records) == ["missing", "v0", "v1", "v2"]
+    assert records["missing"]["stage"] == "read" and "no video" in records["missing"]["reason"]
+    summary = summarize(tmp_path / "out")
+    assert summary["stages"]["read"] == {"in": 4, "kept": 3, "rejected": {"no video at " + str(
+        tmp_path / "nowhere.mp4"): 1}}
+    assert summary["samples"] == 3
+
+
+def test_accelerate_ranks_take_their_share(tmp_path, monkeypatch, capsys):
+    videos, _ = write_videos(tmp_path, [(5, 1), (6, 1), (7, 1)], frames=9, size=32)
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert run(["--videos", str(videos), "--out", str(tmp_path / "out"), "--shard", "1/2", "--checker", "none",
+                *SMALL_SUBJECTS]) == 0
+    assert "shard 3/4: 0 video(s)" in capsys.readouterr().out  # rows 3, 7, ... of three rows: none
+    monkeypatch.setenv("RANK", "0")
+    assert run(["--videos", str(videos), "--out", str(tmp_path / "out"), "--shard", "0/2", "--checker", "none",
+                *SMALL_SUBJECTS]) == 0
+    assert sorted(p.stem for p in (tmp_path / "out" / ".engine").glob("*.json")) == ["v0"]  # shard 0/4: row 0
