@@ -256,3 +256,171 @@ def test_accelerate_ranks_take_their_share(tmp_path, monkeypatch, capsys):
     assert run(["--videos", str(videos), "--out", str(tmp_path / "out"), "--shard", "0/2", "--checker", "none",
                 *SMALL_SUBJECTS]) == 0
     assert sorted(p.stem for p in (tmp_path / "out" / ".engine").glob("*.json")) == ["v0"]  # shard 0/4: row 0
+
+
+# ---------------------------------------------------------------- the OpenAI-compatible backend
+
+
+class ChatServer(ThreadingHTTPServer):
+    """A chat-completions endpoint on 127.0.0.1: answers come from `reply(request) -> (status, text)`; every
+    request body is kept."""
+
+    def __init__(self, reply):
+        self.reply, self.requests = reply, []
+        super().__init__(("127.0.0.1", 0), ChatHandler)
+        threading.Thread(target=self.serve_forever, daemon=True).start()
+
+    @property
+    def url(self):
+        return f"http://127.0.0.1:{self.server_address[1]}/v1"
+
+
+class ChatHandler(BaseHTTPRequestHandler):
+    def do_POST(self):
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        self.server.requests.append((self.path, body))
+        status, text = self.server.reply(body)
+        payload = {"id": "chatcmpl-1", "object": "chat.completion", "created": 0, "model": body["model"],
+                   "choices": [{"index": 0, "finish_reason": "stop",
+                                "message": {"role": "assistant", "content": text}}],
+                   "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}}
+        if status != 200:
+            payload = {"error": {"message": text, "type": "invalid_request_error"}}
+        data = json.dumps(payload).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args):
+        pass
+
+
+def test_openai_backend_against_a_chat_server(tmp_path):
+    pytest.importorskip("openai")
+    videos, truth = write_videos(tmp_path, [(1, 1), (3, 1), (5, 1)], frames=FRAMES, size=48)
+    by_caption = {sample.captions["full"]: (name, sample) for name, sample in truth.items()}
+
+    def reply(body):
+        system = body["messages"][0]["content"]
+        user = body["messages"][1]["content"]
+        if system.startswith("You annotate"):
+            name, sample = by_caption[user[0]["text"].split(": ", 1)[1].split("\n")[0]]
+            if name == "v1":
+                return 200, "Sorry, I cannot tell what the subject is."
+            return 200, json.dumps({"subjects": [{"id": "1", "caption": sample.captions["foregrounds"][0]}],
+                                    "always_visible": True, "subject_size": "small", "camera_stable": True,
+                                    "quality": 8, "full_caption": sample.captions["full"],
+                                    "background_caption": sample.captions["background"]})
+        name, _ = next(v for caption, v in by_caption.items() if caption in system)
+        high = 11 if name == "v2" else 9  # v2's scorer answers out of range
+        return 200, "```json\n" + json.dumps({"0": [9, 9], "10": [high, 8], "20": [8, 9]}) + "\n```"
+
+    server = ChatServer(reply)
+    try:
+        assert run(["--videos", str(videos), "--out", str(tmp_path / "out"), "--annotator", "openai",
+                    "--checker", "openai", "--vlm-url", server.url, "--vlm-model", "tiny-vl", "--vlm-frames", "4",
+                    *SMALL_SUBJECTS]) == 0
+    finally:
+        server.shutdown()
+    records = {p.stem: json.loads(p.read_text()) for p in (tmp_path / "out" / ".engine").glob("*.json")}
+    assert records["v0"]["status"] == "kept"
+    assert records["v0"]["stages"]["quality"]["scores"] == {"0": [9, 9], "10": [9, 8], "20": [8, 9]}
+    assert (records["v1"]["stage"], records["v2"]["stage"]) == ("annotate", "quality")
+    assert "no JSON object" in records["v1"]["reason"] and "integer 0-10" in records["v2"]["reason"]
+    paths = {path for path, _ in server.requests}
+    assert paths == {"/v1/chat/completions"} and len(server.requests) == 5  # 3 annotations, 2 quality checks
+    annotation = next(b for _, b in server.requests if b["messages"][0]["content"].startswith("You annotate"))
+    images = [p for p in annotation["messages"][1]["content"] if p["type"] == "image_url"]
+    assert annotation["model"] == "tiny-vl" and len(images) == 4
+    assert images[0]["image_url"]["url"].startswith("data:image/jpeg;base64,")
+    check = next(b for _, b in server.requests if "four panels" in b["messages"][0]["content"])
+    texts = [p["text"] for p in check["messages"][1]["content"] if p["type"] == "text"]
+    assert texts == ["Frame 0:", "Frame 10:", "Frame 20:"]
+
+
+def test_openai_backend_server_errors(tmp_path):
+    pytest.importorskip("openai")
+    from train.data_engine.vlm import OpenAIVLM
+
+    server = ChatServer(lambda body: (413 if "big" in body["messages"][0]["content"] else 503, "no"))
+    try:
+        vlm = OpenAIVLM(server.url, "tiny-vl", max_retries=0)
+        with pytest.raises(Rejection, match="refused the request \\(413\\)"):
+            vlm.chat("big", ["x"], "annotate")
+        with pytest.raises(RuntimeError, match="failed \\(503\\).*rerun"):
+            vlm.chat("small", ["x"], "annotate")
+    finally:
+        server.shutdown()
+    with pytest.raises(RuntimeError, match="cannot reach"):
+        OpenAIVLM(server.url, "tiny-vl", max_retries=0, timeout=2).chat("x", ["x"], "annotate")
+
+
+# ---------------------------------------------------------------- external commands, kill and rerun
+
+
+COPY_TOOL = """
+import shutil, sys, time
+from pathlib import Path
+frames, alpha, out, calls = sys.argv[1:5]
+count = int(Path(calls).read_text()) + 1 if Path(calls).exists() else 1
+Path(calls).write_text(str(count))
+if count == int(sys.argv[5]):
+    Path(calls + ".holding").write_text("")
+    time.sleep(120)
+if count == int(sys.argv[6]):
+    sys.exit("tool crashed on purpose")
+shutil.copytree(frames, Path(out) / "background")
+"""
+
+
+def test_command_backend_and_a_kill_in_the_middle(tmp_path, capsys):
+    """The removal is an external tool (here: it returns the frames unchanged). The second call hangs and the run
+    is killed there; the rerun redoes nothing finished and leaves nothing half-written."""
+    videos, _ = write_videos(tmp_path, [(5, 1), (6, 1), (7, 1), (8, 1)], frames=11, size=32)
+    tool, calls = tmp_path / "tool.py", tmp_path / "calls"
+    tool.write_text(COPY_TOOL)
+
+    def command(hold, crash):
+        return [sys.executable, RUN, "--videos", str(videos), "--out", str(tmp_path / "out"), "--checker", "none",
+                "--remover", "command", "--remove-command",
+                f"{sys.executable} {tool} {{frames}} {{alpha_frames}} {{out}} {calls} {hold} {crash}",
+                *SMALL_SUBJECTS]
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    process = subprocess.Popen(command(2, 0), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               start_new_session=True)
+    deadline = time.monotonic() + 120
+    while not (tmp_path / "calls.holding").exists():
+        assert process.poll() is None and time.monotonic() < deadline, process.communicate()
+        time.sleep(0.1)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    out = tmp_path / "out"
+    assert sorted(p.stem for p in (out / ".engine").glob("*.json")) == ["v0"]
+    entries, bad = discover(out)
+    assert [e.id for e in entries] == ["v0_00000-00010"] and not bad
+    stamps = {p: p.stat().st_mtime_ns for p in [out / ".engine" / "v0.json", *(out / "v0_00000-00010").iterdir()]}
+    (out / ".v1_00000-00010.0123.tmp").mkdir()  # what a kill while writing v1's sample would leave
+
+    assert run(command(0, 5)[2:]) == 0  # the rerun, in this process
+    assert "4 video(s), 1 already done" in capsys.readouterr().out
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
+    assert calls.read_text() == "5"  # v0 once, v1 twice (killed, redone), v2 and v3 once
+    records = {p.stem: json.loads(p.read_text()) for p in (out / ".engine").glob("*.json")}
+    assert [records[v]["status"] for v in ("v0", "v1", "v2", "v3")] == ["kept", "kept", "kept", "rejected"]
+    assert records["v3"]["stage"] == "removal" and "tool crashed on purpose" in records["v3"]["reason"]
+    assert sorted(p.name for p in out.iterdir()) == [".engine", "engine_summary.json", "v0_00000-00010",
+                                                     "v1_00000-00010", "v2_00000-00010"]
+    background, _ = read_video(out / "v1_00000-00010" / "background.mp4")
+    full, _ = read_video(out / "v1_00000-00010" / "full_video.mp4")
+    assert abs(background - full).mean() < 0.02  # the tool's output (the frames themselves) was used
+
+
+def test_command_templates_are_checked_before_work(tmp_path, capsys):
+    videos, _ = write_videos(tmp_path, [(5, 1)], frames=5, size=32)
+    assert run(["--videos", str(videos), "--out", str(tmp_path / "out"), "--matter", "command",
+                "--matte-command", "tool {video} {maks} {out}"]) == 2
+    assert "bad placeholder ('maks')" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

@@ -35,6 +35,7 @@ def add_backend_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--matte-command", help="matting command with {video} {mask} {out}; writes {out}/alpha")
     group.add_argument("--remove-command", help="removal command with {video} {alpha} {out}; writes "
                                                 "{out}/background")
+    group.add_argument("--command-timeout", type=float, help="seconds a command may run per video")
     group.add_argument("--device", default="cuda", help="device of the model backends")
 
 
@@ -86,7 +87,7 @@ def build_engine(args: argparse.Namespace, rules: Rules) -> Engine:
     else:
         from .command import CommandMatter
         _need(args.matte_command, "--matte-command", "command matting")
-        matter = CommandMatter(args.matte_command)
+        matter = CommandMatter(args.matte_command, args.command_timeout)
 
     if args.remover == "median":
         remover = classical.MedianRemover()
@@ -97,7 +98,7 @@ def build_engine(args: argparse.Namespace, rules: Rules) -> Engine:
     else:
         from .command import CommandRemover
         _need(args.remove_command, "--remove-command", "command removal")
-        remover = CommandRemover(args.remove_command)
+        remover = CommandRemover(args.remove_command, args.command_timeout)
 
     if args.checker == "measured":
         checker = classical.MeasuredQualityChecker(threshold)

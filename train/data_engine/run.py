@@ -154,7 +154,11 @@ def run(argv: Sequence[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     rules = Rules(args.min_area, args.max_area, args.min_quality, args.key_step, args.min_score, args.min_frames)
-    engine = build_engine(args, rules)  # a bad backend setting stops here, before any video is read
+    try:
+        engine = build_engine(args, rules)  # a bad backend setting stops here, before any video is read
+    except (ValueError, RuntimeError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
 
     out = Path(args.out)
     (out / RECORDS).mkdir(parents=True, exist_ok=True)
