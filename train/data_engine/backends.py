@@ -1,11 +1,13 @@
 """Choosing a backend per stage from the command line. Model backends import their libraries only when chosen.
 
     stage             backends
-    annotate          captions (the list's captions, no model) | openai (any OpenAI-compatible server) | qwen3vl
-    first-frame mask  motion (moving region, colour words)     | sam3 (text to mask)
+    annotate          captions (the list's captions, no model) | openai (any OpenAI-compatible server)
+    first-frame mask  motion (moving region, colour words)
     matting           motion (propagation + soft alpha)        | sam2 (SAM2 video tracking) | command
     removal           median (temporal clean plate)            | vace (Wan2.1 VACE inpainting) | command
-    quality           measured (no model) | openai | qwen3vl | none
+    quality           measured (no model) | openai | none
+
+Qwen3-VL and any other VLM run behind an OpenAI-compatible server (vLLM and SGLang serve Qwen3-VL).
 """
 from __future__ import annotations
 
@@ -17,19 +19,17 @@ from .pipeline import Engine, Rules
 
 def add_backend_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("backends")
-    group.add_argument("--annotator", choices=("captions", "openai", "qwen3vl"), default="captions")
-    group.add_argument("--masker", choices=("motion", "sam3"), default="motion")
+    group.add_argument("--annotator", choices=("captions", "openai"), default="captions")
+    group.add_argument("--masker", choices=("motion",), default="motion")
     group.add_argument("--matter", choices=("motion", "sam2", "command"), default="motion")
     group.add_argument("--remover", choices=("median", "vace", "command"), default="median")
-    group.add_argument("--checker", choices=("measured", "openai", "qwen3vl", "none"), default="measured")
+    group.add_argument("--checker", choices=("measured", "openai", "none"), default="measured")
     group.add_argument("--motion-threshold", type=float, default=0.1,
                        help="colour difference from the clean plate that counts as foreground (motion backends)")
     group.add_argument("--vlm-url", help="OpenAI-compatible server, e.g. http://localhost:8000/v1 (vLLM, SGLang)")
     group.add_argument("--vlm-model", help="model name the server serves, e.g. Qwen/Qwen3-VL-30B-A3B-Instruct")
     group.add_argument("--vlm-key-env", default="OPENAI_API_KEY", help="environment variable holding the API key")
     group.add_argument("--vlm-frames", type=int, default=8, help="frames of the video shown to the annotator")
-    group.add_argument("--qwen3vl", help="Qwen3-VL model folder (transformers layout)")
-    group.add_argument("--sam3", help="SAM3 model folder (transformers layout)")
     group.add_argument("--sam2", help="SAM2 video model folder (transformers layout)")
     group.add_argument("--vace", help="Wan2.1 VACE diffusers folder, e.g. Wan-AI/Wan2.1-VACE-1.3B-diffusers")
     group.add_argument("--matte-command", help="matting command with {video} {mask} {out}; writes {out}/alpha")
@@ -57,26 +57,14 @@ def build_engine(args: argparse.Namespace, rules: Rules) -> Engine:
     from . import classical
 
     threshold = args.motion_threshold
-    vlm = qwen = None
-    if "openai" in (args.annotator, args.checker):
-        vlm = _vlm_client(args)
-    if "qwen3vl" in (args.annotator, args.checker):
-        from .hf_backends import Qwen3VL
-        _need(args.qwen3vl, "--qwen3vl", "qwen3vl")
-        qwen = Qwen3VL.from_pretrained(args.qwen3vl, device=args.device)
+    vlm = _vlm_client(args) if "openai" in (args.annotator, args.checker) else None
 
     if args.annotator == "captions":
         annotator = classical.CaptionAnnotator(threshold)
     else:
         from .vlm import VLMAnnotator
-        annotator = VLMAnnotator(vlm or qwen, frames=args.vlm_frames)
-
-    if args.masker == "motion":
-        masker = classical.MotionMasker(threshold)
-    else:
-        from .hf_backends import Sam3Masker
-        _need(args.sam3, "--sam3", "sam3")
-        masker = Sam3Masker.from_pretrained(args.sam3, device=args.device)
+        annotator = VLMAnnotator(vlm, frames=args.vlm_frames)
+    masker = classical.MotionMasker(threshold)
 
     if args.matter == "motion":
         matter = classical.MotionMatter(threshold)
@@ -106,5 +94,5 @@ def build_engine(args: argparse.Namespace, rules: Rules) -> Engine:
         checker = None
     else:
         from .vlm import VLMQualityChecker
-        checker = VLMQualityChecker(vlm or qwen)
+        checker = VLMQualityChecker(vlm)
     return Engine(annotator, masker, matter, remover, checker, rules)

@@ -1,7 +1,7 @@
-"""The two vision-language stages (annotation, quality control) on any chat model that takes images: an
-OpenAI-compatible server (vLLM, SGLang, a hosted API) through the `openai` client, or Qwen3-VL in-process
-(hf_backends.Qwen3VL). A model is anything with `chat(system, parts) -> str`, parts being text strings and images
-[H, W, 3] in [0, 1]; its answers are checked by the pipeline (stages.parse_annotation / parse_scores).
+"""The two vision-language stages (annotation, quality control) on any chat model that takes images, e.g.
+Qwen3-VL served by vLLM or SGLang, or a hosted API, through the `openai` client. A model is anything with
+`chat(system, parts, stage) -> str`, parts being text strings and images [H, W, 3] in [0, 1]; its answers are
+checked by the pipeline (stages.parse_annotation / parse_scores).
 """
 from __future__ import annotations
 
