@@ -41,7 +41,7 @@ def add_backend_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _need(value, flag: str, backend: str) -> None:
     if not value:
-        raise SystemExit(f"error: the {backend} backend needs {flag}")
+        raise ValueError(f"the {backend} backend needs {flag}")
 
 
 def _vlm_client(args: argparse.Namespace):
@@ -50,6 +50,20 @@ def _vlm_client(args: argparse.Namespace):
     _need(args.vlm_url, "--vlm-url", "openai")
     _need(args.vlm_model, "--vlm-model", "openai")
     return OpenAIVLM(args.vlm_url, args.vlm_model, api_key=os.environ.get(args.vlm_key_env) or "EMPTY")
+
+
+def _model(name: str, path: str | None, flag: str, device: str):
+    from . import hf_backends
+
+    _need(path, flag, name)
+    return getattr(hf_backends, name).from_pretrained(path, device=device)
+
+
+def _command(name: str, template: str | None, flag: str, timeout: float | None):
+    from . import command
+
+    _need(template, flag, name)
+    return getattr(command, name)(template, timeout)
 
 
 def build_engine(args: argparse.Namespace, rules: Rules) -> Engine:
@@ -69,24 +83,16 @@ def build_engine(args: argparse.Namespace, rules: Rules) -> Engine:
     if args.matter == "motion":
         matter = classical.MotionMatter(threshold)
     elif args.matter == "sam2":
-        from .hf_backends import Sam2VideoMatter
-        _need(args.sam2, "--sam2", "sam2")
-        matter = Sam2VideoMatter.from_pretrained(args.sam2, device=args.device)
+        matter = _model("Sam2VideoMatter", args.sam2, "--sam2", args.device)
     else:
-        from .command import CommandMatter
-        _need(args.matte_command, "--matte-command", "command matting")
-        matter = CommandMatter(args.matte_command, args.command_timeout)
+        matter = _command("CommandMatter", args.matte_command, "--matte-command", args.command_timeout)
 
     if args.remover == "median":
         remover = classical.MedianRemover()
     elif args.remover == "vace":
-        from .hf_backends import VaceRemover
-        _need(args.vace, "--vace", "vace")
-        remover = VaceRemover.from_pretrained(args.vace, device=args.device)
+        remover = _model("VaceRemover", args.vace, "--vace", args.device)
     else:
-        from .command import CommandRemover
-        _need(args.remove_command, "--remove-command", "command removal")
-        remover = CommandRemover(args.remove_command, args.command_timeout)
+        remover = _command("CommandRemover", args.remove_command, "--remove-command", args.command_timeout)
 
     if args.checker == "measured":
         checker = classical.MeasuredQualityChecker(threshold)
