@@ -1,15 +1,60 @@
 """The data engine's model backends through the real library classes with tiny random configs (no downloads):
-SAM2 video tracking (transformers Sam2VideoModel) for matting, Wan2.1 VACE (diffusers WanVACEPipeline) for removal.
+SAM3 text-to-mask (transformers Sam3Model), SAM2 video tracking (Sam2VideoModel) for matting, Wan2.1 VACE
+(diffusers WanVACEPipeline) for removal.
 Random weights say nothing about quality; these tests check the wiring: inputs reach the model the way the library
 expects, outputs come back at the video's size and are used only where they should be."""
 import pytest
 import torch
 
 from train.data_engine.classical import dilate
-from train.data_engine.hf_backends import Sam2VideoMatter, VaceRemover
+from train.data_engine.hf_backends import Sam2VideoMatter, Sam3Masker, VaceRemover
+from train.data_engine.pipeline import Engine, Rules, first_frame_masks
+from train.data_engine.stages import Annotation, Rejection, Subject
 from train.synthetic import generate_sample
 
 SIZE, HIDDEN = 64, 128  # SAM2's pointer memory needs hidden > 64, its fixed memory width
+
+
+WORDS = "<pad> <unk> a red cyan white circle star square moves left over blue striped background".split()
+
+
+def tiny_sam3():
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast, Sam3Config, Sam3Model
+
+    words = Tokenizer(models.WordLevel({w: i for i, w in enumerate(WORDS)}, unk_token="<unk>"))
+    words.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=words, pad_token="<pad>", unk_token="<unk>")
+    small = dict(num_layers=1, num_attention_heads=2, intermediate_size=32, hidden_size=32)
+    config = Sam3Config(  # 56 px = 4 x 4 patches of 14; the FPN scales them by 4, 2, 1
+        vision_config=dict(model_type="sam3_vision_model", fpn_hidden_size=32,
+                           backbone_feature_sizes=[[16, 16], [8, 8], [4, 4]],
+                           backbone_config=dict(model_type="sam3_vit_model", hidden_size=32, intermediate_size=64,
+                                                num_hidden_layers=2, num_attention_heads=2, image_size=56,
+                                                patch_size=14, window_size=2, global_attn_indexes=[1],
+                                                pretrain_image_size=56)),
+        text_config=dict(model_type="clip_text_model", vocab_size=len(WORDS), hidden_size=32, intermediate_size=64,
+                         projection_dim=32, num_hidden_layers=1, num_attention_heads=2, max_position_embeddings=16,
+                         bos_token_id=None, eos_token_id=2, pad_token_id=0),
+        geometry_encoder_config=small, detr_encoder_config=small, detr_decoder_config={**small, "num_queries": 8},
+        mask_decoder_config=dict(hidden_size=32, num_upsampling_stages=2, num_attention_heads=2))
+    return Sam3Model(config), tokenizer
+
+
+def test_sam3_masker_picks_a_free_instance_above_the_threshold():
+    model, tokenizer = tiny_sam3()
+    frames = torch.rand(3, 40, 48, 3)
+    masker = Sam3Masker(model, tokenizer, threshold=0.0)
+    first = masker.first_frame_mask(frames, "a red circle")
+    assert first.shape == (40, 48) and set(first.unique().tolist()) <= {0.0, 1.0} and first.sum() > 0
+    second = masker.first_frame_mask(frames, "a red circle", exclude=first)
+    assert (second * first).sum() * 2 < second.sum()  # not the first subject again
+    others = [masker.first_frame_mask(frames, caption) for caption in ("a cyan star moves left", "white square")]
+    assert any(not torch.equal(other, first) for other in others)  # the caption reaches the model
+    masker.threshold = 1.01  # nothing is sure enough: the stage rejects the video
+    engine = Engine(None, masker, None, None, None, Rules(min_area=0.0))
+    with pytest.raises(Rejection, match="empty mask"):
+        first_frame_masks(engine, frames, Annotation([Subject("1", "a red circle")], "x", "y"))
 
 
 def tiny_sam2():

@@ -2,7 +2,7 @@
 
     stage             backends
     annotate          captions (the list's captions, no model) | openai (any OpenAI-compatible server)
-    first-frame mask  motion (moving region, colour words)
+    first-frame mask  motion (moving region, colour words)     | sam3 (SAM3 text to mask)
     matting           motion (propagation + soft alpha)        | sam2 (SAM2 video tracking) | command
     removal           median (temporal clean plate)            | vace (Wan2.1 VACE inpainting) | command
     quality           measured (no model) | openai | none
@@ -20,7 +20,7 @@ from .pipeline import Engine, Rules
 def add_backend_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("backends")
     group.add_argument("--annotator", choices=("captions", "openai"), default="captions")
-    group.add_argument("--masker", choices=("motion",), default="motion")
+    group.add_argument("--masker", choices=("motion", "sam3"), default="motion")
     group.add_argument("--matter", choices=("motion", "sam2", "command"), default="motion")
     group.add_argument("--remover", choices=("median", "vace", "command"), default="median")
     group.add_argument("--checker", choices=("measured", "openai", "none"), default="measured")
@@ -30,6 +30,7 @@ def add_backend_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--vlm-model", help="model name the server serves, e.g. Qwen/Qwen3-VL-30B-A3B-Instruct")
     group.add_argument("--vlm-key-env", default="OPENAI_API_KEY", help="environment variable holding the API key")
     group.add_argument("--vlm-frames", type=int, default=8, help="frames of the video shown to the annotator")
+    group.add_argument("--sam3", help="SAM3 model folder (transformers layout, with its tokenizer)")
     group.add_argument("--sam2", help="SAM2 video model folder (transformers layout)")
     group.add_argument("--vace", help="Wan2.1 VACE diffusers folder, e.g. Wan-AI/Wan2.1-VACE-1.3B-diffusers")
     group.add_argument("--matte-command", help="matting command with {video} {mask} {out}; writes {out}/alpha")
@@ -78,7 +79,10 @@ def build_engine(args: argparse.Namespace, rules: Rules) -> Engine:
     else:
         from .vlm import VLMAnnotator
         annotator = VLMAnnotator(vlm, frames=args.vlm_frames)
-    masker = classical.MotionMasker(threshold)
+    if args.masker == "motion":
+        masker = classical.MotionMasker(threshold)
+    else:
+        masker = _model("Sam3Masker", args.sam3, "--sam3", args.device)
 
     if args.matter == "motion":
         matter = classical.MotionMatter(threshold)

@@ -1,8 +1,12 @@
-"""Model backends through maintained libraries, imported only when chosen: SAM2 video tracking (transformers) for
-matting and Wan2.1 VACE inpainting (diffusers) for removal under a moving camera.
+"""Model backends through maintained libraries, imported only when chosen: SAM3 text-to-mask (transformers) for the
+first-frame mask, SAM2 video tracking (transformers) for matting, Wan2.1 VACE inpainting (diffusers) for removal
+under a moving camera.
 
-    Sam2VideoMatter.from_pretrained("facebook/sam2.1-hiera-large")                     a transformers SAM2 video folder
-    VaceRemover.from_pretrained("Wan-AI/Wan2.1-VACE-1.3B-diffusers")                   a diffusers WanVACEPipeline folder
+    Sam3Masker.from_pretrained("facebook/sam3")                           a transformers SAM3 folder (model + tokenizer)
+    Sam2VideoMatter.from_pretrained("facebook/sam2.1-hiera-large")        a transformers SAM2 video folder
+    VaceRemover.from_pretrained("Wan-AI/Wan2.1-VACE-1.3B-diffusers")      a diffusers WanVACEPipeline folder
+
+Images are resized and normalised here rather than by the models' processors, which need torchvision.
 """
 from __future__ import annotations
 
@@ -11,9 +15,17 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-# ImageNet statistics, what SAM2's video processor normalises with.
+# ImageNet statistics, what SAM2's video processor normalises with; SAM3's uses 0.5 for both.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+SAM3_MEAN = SAM3_STD = (0.5, 0.5, 0.5)
+
+
+def square_pixels(images: torch.Tensor, size: int, mean: tuple, std: tuple) -> torch.Tensor:
+    """[N, H, W, 3] in [0, 1] -> [N, 3, size, size] normalised, as the SAM processors prepare images."""
+    resized = F.interpolate(images.permute(0, 3, 1, 2), size=(size, size), mode="bilinear", align_corners=False,
+                            antialias=True)
+    return (resized - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
 
 
 def _require(module: str, backend: str):
@@ -23,6 +35,46 @@ def _require(module: str, backend: str):
         return importlib.import_module(module)
     except ImportError:
         raise RuntimeError(f"the {backend} backend needs {module}: pip install {module}") from None
+
+
+class Sam3Masker:
+    """First-frame mask from the caption by SAM3's text-prompted detector: the highest-scoring instance above
+    `threshold` that does not lie mostly on an earlier subject's mask (an empty mask when none does)."""
+
+    def __init__(self, model: Any, tokenizer: Any, device: str | torch.device = "cpu", threshold: float = 0.3):
+        self.model, self.tokenizer = model.eval(), tokenizer
+        self.device, self.threshold = torch.device(device), threshold
+        self.size = int(model.config.vision_config.backbone_config.image_size)
+        self.max_tokens = int(model.config.text_config.max_position_embeddings)
+
+    @classmethod
+    def from_pretrained(cls, path: str, device: str = "cuda") -> "Sam3Masker":
+        transformers = _require("transformers", "sam3")
+        model = transformers.Sam3Model.from_pretrained(path).to(device)
+        return cls(model, transformers.AutoTokenizer.from_pretrained(path), device)
+
+    @torch.inference_mode()
+    def first_frame_mask(self, frames: torch.Tensor, caption: str,
+                         exclude: torch.Tensor | None = None) -> torch.Tensor:
+        height, width = frames.shape[1:3]
+        text = self.tokenizer([caption], padding="max_length", truncation=True, max_length=self.max_tokens,
+                              return_tensors="pt")
+        output = self.model(pixel_values=square_pixels(frames[:1], self.size, SAM3_MEAN, SAM3_STD).to(self.device),
+                            input_ids=text["input_ids"].to(self.device),
+                            attention_mask=text["attention_mask"].to(self.device))
+        scores = output.pred_logits[0].float().sigmoid()
+        if output.presence_logits is not None:  # SAM3's "is the concept in the image at all" head
+            scores = scores * output.presence_logits[0].float().sigmoid()
+        masks = F.interpolate(output.pred_masks.float(), size=(height, width), mode="bilinear",
+                              align_corners=False)[0].cpu() > 0
+        taken = exclude > 0.5 if exclude is not None else torch.zeros(height, width, dtype=torch.bool)
+        for index in scores.argsort(descending=True).tolist():
+            if scores[index] < self.threshold:
+                break
+            area = int(masks[index].sum())
+            if area and int((masks[index] & taken).sum()) * 2 < area:
+                return masks[index].float()
+        return torch.zeros(height, width)
 
 
 class Sam2VideoMatter:
@@ -40,21 +92,13 @@ class Sam2VideoMatter:
         model = transformers.Sam2VideoModel.from_pretrained(path)
         return cls(model.to(device), device)
 
-    def _pixels(self, frames: torch.Tensor) -> torch.Tensor:
-        """[T, 3, S, S] resized and normalised as Sam2VideoProcessor does (done here: its processor needs
-        torchvision)."""
-        video = F.interpolate(frames.permute(0, 3, 1, 2), size=(self.size, self.size), mode="bilinear",
-                              align_corners=False, antialias=True)
-        mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
-        std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
-        return ((video - mean) / std).to(self.device)
-
     @torch.inference_mode()
     def matte(self, frames: torch.Tensor, first_mask: torch.Tensor) -> torch.Tensor:
         from transformers.models.sam2_video.modeling_sam2_video import Sam2VideoInferenceSession
 
         height, width = frames.shape[1:3]
-        session = Sam2VideoInferenceSession(video=self._pixels(frames), video_height=height, video_width=width,
+        pixels = square_pixels(frames, self.size, IMAGENET_MEAN, IMAGENET_STD).to(self.device)
+        session = Sam2VideoInferenceSession(video=pixels, video_height=height, video_width=width,
                                             inference_device=self.device, video_storage_device=self.device,
                                             inference_state_device=self.device, dtype=torch.float32)
         prompt = F.interpolate(first_mask[None, None].float(), size=(self.size, self.size), mode="bilinear",
