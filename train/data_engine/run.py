@@ -7,7 +7,8 @@
 Each kept clip becomes `OUT/<video id>_<first>-<last>/` in the layout of train/vidlayer_layout.py (the metadata
 holds every stage's findings under "engine"); each finished video gets a record `OUT/.engine/<video id>.json`
 (kept or rejected, and why). A rerun skips the videos that have a record, so a crash loses at most the video in
-flight; every folder and record appears whole or not at all. `OUT/engine_summary.json` counts, over all records,
+flight (a `.started` mark says which, and its leftovers are cleared); every folder and record appears whole or not
+at all. `OUT/engine_summary.json` counts, over all records,
 how many videos each stage kept and why it rejected the others. Processes split the list by index: --shard i/N
 and the processes of `accelerate launch` (RANK, WORLD_SIZE) combine.
 """
@@ -60,10 +61,8 @@ def record_path(out: Path, video_id: str) -> Path:
 
 def clear_unfinished(out: Path, video_id: str) -> None:
     """What an interrupted attempt at this video left: its sample folders and their temporaries."""
-    prefix = f"{video_id}_"
-    for entry in out.iterdir():
-        name = entry.name.lstrip(".")
-        if not name.startswith(prefix) or not entry.is_dir():
+    for entry in [*out.glob(f"{video_id}_*"), *out.glob(f".{video_id}_*")]:
+        if not entry.is_dir():
             continue
         if entry.name.startswith("."):  # temporary or swapped-out folder
             shutil.rmtree(entry, ignore_errors=True)
@@ -83,7 +82,6 @@ def sample_name(video_id: str, first: int, last: int) -> str:
 def process_video(engine: Engine, row: VideoRow, out: Path, args: argparse.Namespace) -> dict[str, Any]:
     """One video, start to finish: its sample folders, then its record (returned)."""
     record: dict[str, Any] = {"id": row.id, "video": str(row.video), "caption": row.caption}
-    clear_unfinished(out, row.id)
     try:
         try:
             frames, fps = read_clip(row.video, args.max_frames, args.max_side)
@@ -170,8 +168,12 @@ def run(argv: Sequence[str] | None = None) -> int:
 
     started = time.perf_counter()
     for row in tqdm(todo, desc=f"shard {index}/{count}", unit="video", disable=None):
-        record = process_video(engine, row, out, args)
-        write_json(record_path(out, row.id), record)
+        mark = record_path(out, row.id).with_suffix(".started")
+        if mark.exists():  # an earlier attempt was interrupted: its leftovers go first
+            clear_unfinished(out, row.id)
+        mark.touch()
+        write_json(record_path(out, row.id), process_video(engine, row, out, args))
+        mark.unlink()
     summary = summarize(out)
     write_json(out / SUMMARY, summary)
     print(f"{len(todo)} video(s) in {time.perf_counter() - started:.1f} s; over all records: "

@@ -10,7 +10,7 @@ import json
 import math
 import re
 from dataclasses import asdict, dataclass, field
-from typing import Any, Protocol, Sequence
+from typing import Any, Mapping, Protocol, Sequence
 
 import torch
 
@@ -56,13 +56,16 @@ class Annotation:
 
 
 class Annotator(Protocol):
-    def annotate(self, frames: torch.Tensor, caption: str) -> Annotation: ...
+    def annotate(self, frames: torch.Tensor, caption: str, hints: Mapping[str, Any]) -> Annotation | str:
+        """What the video shows: an Annotation, or a model's raw answer for `parse_annotation`. hints: the video
+        list's optional `foregrounds` / `background` captions."""
 
 
 class FirstFrameMasker(Protocol):
-    def first_frame_mask(self, frames: torch.Tensor, caption: str) -> torch.Tensor:
-        """[H, W] mask of the subject named by `caption` in frame 0 (the whole clip is given for backends that
-        need motion to find it)."""
+    def first_frame_mask(self, frames: torch.Tensor, caption: str,
+                         exclude: torch.Tensor | None = None) -> torch.Tensor:
+        """[H, W] mask of the subject named by `caption` in frame 0, not one lying on `exclude` (the subjects found
+        before it); the whole clip is given for backends that need motion to find it."""
 
 
 class Matter(Protocol):
