@@ -18,7 +18,7 @@ from .stages import Annotation, Rejection, Subject
 THRESHOLD = 0.1
 # RGB -> (Y, Cb, Cr) of BT.709 with the colour axes scaled down: video codecs keep colour at half resolution, so the
 # soft alpha leans on brightness, which stays sharp, wherever the brightness contrast is enough.
-CHROMA_WEIGHT = 0.5
+CHROMA_WEIGHT = 0.25
 CONTRAST_SPACE = torch.tensor([[0.2126, 0.7152, 0.0722],
                                [-0.1146 * CHROMA_WEIGHT, -0.3854 * CHROMA_WEIGHT, 0.5 * CHROMA_WEIGHT],
                                [0.5 * CHROMA_WEIGHT, -0.4542 * CHROMA_WEIGHT, -0.0458 * CHROMA_WEIGHT]])

@@ -124,7 +124,9 @@ def summarize(out: Path) -> dict[str, Any]:
 
 
 def run(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+    from train.data_engine import backends
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=backends.__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--videos", required=True, help="jsonl list, one {\"video\", \"caption\"} per line")
     parser.add_argument("--out", required=True, help="dataset folder to write sample folders into")
