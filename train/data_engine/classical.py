@@ -275,8 +275,9 @@ class MedianRemover:
 
 class MeasuredQualityChecker:
     """Scores from measurements on the four panels, no model. Background: 10 x the share of the mask's core where
-    the background differs from the original (a subject left behind scores low). Foreground: 10 x the share of the
-    pixels where original and background differ that the mask covers (holes in the matte score low)."""
+    the background differs from the original (a subject left behind scores low). Foreground: 10 x the lesser of
+    the share of changed pixels (original differs from background) that the mask covers, and the share of the
+    mask's pixels that changed (holes and spill both score low)."""
 
     def __init__(self, threshold: float = THRESHOLD):
         self.threshold = threshold
@@ -287,8 +288,9 @@ class MeasuredQualityChecker:
             original, mask, background, _ = image.chunk(4, dim=1)
             alpha = mask[..., 0]
             changed = (original - background).abs().amax(-1) > self.threshold
-            core = alpha > 0.9
+            core, covered = alpha > 0.9, alpha >= 0.5
             bg = float(changed[core].float().mean()) if core.any() else 0.0
-            fg = float((alpha[changed] >= 0.5).float().mean()) if changed.any() else 0.0
-            scores[str(index)] = [int(round(10 * bg)), int(round(10 * fg))]
+            found = float(covered[changed].float().mean()) if changed.any() else 0.0
+            spill = float(changed[covered].float().mean()) if covered.any() else 0.0
+            scores[str(index)] = [int(round(10 * bg)), int(round(10 * min(found, spill)))]
         return scores
