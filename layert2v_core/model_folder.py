@@ -113,7 +113,7 @@ def load_pipeline(paths: ModelPaths, device: str | torch.device = "cpu", dtype: 
     """Load every part onto the offload device (CPU) and return a LayerT2VPipeline computing on `device`."""
     from .checkpoints import load_dit
     from .mask_vae import load_mask_vae
-    from .pipeline import LayerT2VPipeline
+    from .pipeline import LayerT2VPipeline, check_compatible
     from .text import load_text_encoder
     from .vae import load_vae
 
@@ -124,4 +124,5 @@ def load_pipeline(paths: ModelPaths, device: str | torch.device = "cpu", dtype: 
     vae = load_vae(paths.vae, dtype=torch.float32 if torch.device(device).type == "cpu" else None, device=home)
     mask_vae = load_mask_vae(vae, paths.mask_vae)  # shares the frozen VAE weights, adds only its adapter
     text_encoder = load_text_encoder(paths.text_encoder, dtype=dtype, device=home)
+    check_compatible(dit, vae, text_encoder, str(paths.dit), str(paths.vae), str(paths.text_encoder))
     return LayerT2VPipeline(dit, vae, mask_vae, text_encoder, device, offload=offload, vae_tile=vae_tile)
