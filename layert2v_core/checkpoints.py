@@ -247,8 +247,8 @@ def load_dit(path: str | os.PathLike, dtype: torch.dtype | None = None, device: 
 
     if cfg.in_dim != cfg.out_dim:
         raise CheckpointError(f"{path}: a DiT with {cfg.in_dim} input channels and {cfg.out_dim} output channels, "
-                              f"e.g. an image-to-video model; LayerT2V needs a text-to-video DiT ({cfg.out_dim} "
-                              f"input channels, Wan2.1 T2V 1.3B: 16)")
+                              f"e.g. an image-to-video model; LayerT2V needs a text-to-video DiT, which takes as many "
+                              f"channels as it gives (Wan2.1 T2V 1.3B: 16)")
     if dtype is None:
         file_dtype = source[names["blocks.0.ffn.0.weight"]].dtype
         dtype = torch.bfloat16 if not file_dtype.is_floating_point or file_dtype.itemsize == 1 else file_dtype

@@ -32,6 +32,10 @@ def slug(text: str, limit: int = 40) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:limit] or "sample"
 
 
+def _at(where: str) -> str:
+    return f"{where}: " if where else ""
+
+
 def check_row(row: object, where: str) -> dict:
     """One sample request (a --prompts row or the single-prompt flags) with the right keys and types."""
     if not isinstance(row, dict):
@@ -102,18 +106,19 @@ def read_jobs(args) -> list[dict]:
         if not 1 <= count <= MAX_FOREGROUNDS:
             raise RequestError(f"--foregrounds must be 1..{MAX_FOREGROUNDS}, got {count}")
         if len(fgs) > count:
-            raise RequestError(f"{where}: {len(fgs)} foreground prompts given but --foregrounds is {count}")
+            raise RequestError(f"{_at(where)}{len(fgs)} foreground prompts given but --foregrounds is {count}")
         job["foregrounds"] = fgs + [""] * (count - len(fgs))
         job.setdefault("seed", args.seed + number)
-        job["where"] = where
+        job["where"] = where if args.prompts else ""  # a file and line to name, or the command line itself
         spec = LayerSpec(count)
         unknown = [name for name in job.get("keep") or {} if name not in spec.segments]
         if unknown:
-            raise RequestError(f"{where}: --keep names unknown layer(s) {unknown}; a {count}-foreground sample has "
+            raise RequestError(f"{_at(job['where'])}--keep names unknown layer(s) {unknown}; a {count}-foreground "
+                               f"sample has "
                                f"{list(spec.segments)}")
         for name, clip in (job.get("keep") or {}).items():
             if not Path(clip).exists():
-                raise RequestError(f"{where}: --keep {name}={clip}: no such file")
+                raise RequestError(f"{_at(job['where'])}--keep {name}={clip}: no such file")
         checked.append(job)
     return checked
 
@@ -172,12 +177,12 @@ def sample_names(jobs: list[dict], out: Path, overwrite: bool) -> None:
         while candidate in taken:
             candidate, k = f"{name}-{k}", k + 1
         if candidate in {j.get("folder") for j in jobs[:number]}:
-            raise RequestError(f"{job['where']}: name {name!r} is used by an earlier row; names must differ")
+            raise RequestError(f"{_at(job['where'])}name {name!r} is used by an earlier row; names must differ")
         taken.add(candidate)
         job["folder"] = candidate
 
 
-def load_kept_layers(keep: dict[str, str], frames: int, height: int, width: int, where: str = "--keep",
+def load_kept_layers(keep: dict[str, str], frames: int, height: int, width: int, where: str = "",
                      notes: bool = True) -> dict[str, torch.Tensor]:
     """Read `--keep` videos into [C, T, H, W] tensors in [0, 1]; an RGBA foreground file also gives its mask."""
     from .video_io import read_video
@@ -187,10 +192,10 @@ def load_kept_layers(keep: dict[str, str], frames: int, height: int, width: int,
         try:
             video, _ = read_video(path)
         except (ValueError, OSError, RuntimeError) as error:
-            raise RequestError(f"{where}: --keep {name}={path}: cannot read it ({error})") from None
+            raise RequestError(f"{_at(where)}--keep {name}={path}: cannot read it ({error})") from None
         count, clip_height, clip_width = video.shape[:3]
         if (clip_width, clip_height) != (width, height) or count < frames:
-            raise RequestError(f"{where}: --keep {name}={path} is {clip_width}x{clip_height} with {count} frames; "
+            raise RequestError(f"{_at(where)}--keep {name}={path} is {clip_width}x{clip_height} with {count} frames; "
                                f"this request is {width}x{height} with {frames} frames: resize or trim the clip, or "
                                f"set --width/--height/--frames to match")
         if count > frames and notes:
@@ -216,4 +221,4 @@ def check_kept_clips(jobs: list[dict], args) -> None:
         try:
             check_keep(LayerSpec(len(job["foregrounds"])), layers, args.frames, args.height, args.width)
         except ValueError as error:
-            raise RequestError(f"{job['where']}: {error}") from None
+            raise RequestError(f"{_at(job['where'])}{error}") from None

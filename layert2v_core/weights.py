@@ -103,8 +103,9 @@ def load_torch_file(file: str | os.PathLike, mmap: bool = True):
                 raise
             return torch.load(str(file), map_location="cpu", weights_only=True)  # files of the legacy format
     except pickle.UnpicklingError as error:
-        found = re.search(r"WeightsUnpickler error: ([^\n]*)", str(error))
-        what = f" ({found.group(1).strip().rstrip('.')})" if found else ""
+        # torch's text goes on to suggest ways of allowing the object; only what was refused is worth showing
+        found = re.search(r"WeightsUnpickler error: (.*?)(?: was not an allowed global|\.|\n|$)", str(error))
+        what = f" ({found.group(1).strip()})" if found else ""
         raise CheckpointError(f"{file}: refused: besides tensors it holds Python objects{what}, and loading those "
                               f"could run code. Use a .safetensors file of this model, or one saved as plain "
                               f"tensors by a source you trust") from None
