@@ -14,25 +14,26 @@ def inside(root: str | os.PathLike, relative: str, what: str, reserve: int = 0, 
     naming `root` as `root_name` (e.g. "the output folder") when given."""
     where = root_name or str(root)
     text = str(relative).replace("\\", "/")
+    shown = repr(text if len(text) <= 60 else text[:40] + "...")
     parts = [p for p in PurePosixPath(text).parts if p not in ("", ".")]
     if text.startswith("/") or (len(text) > 1 and text[1] == ":"):
-        raise ValueError(f"{what} {relative!r} is an absolute path; give a name inside {where}")
+        raise ValueError(f"{what} {shown} is an absolute path; give a name inside {where}")
     depth = 0
     for part in parts:
         depth += -1 if part == ".." else 1
         if depth < 0:
-            raise ValueError(f"{what} {relative!r} points outside {where}; give a folder name inside it")
+            raise ValueError(f"{what} {shown} points outside {where}; give a folder name inside it")
     if depth == 0:
-        raise ValueError(f"{what} {relative!r} names {where} itself, not a folder inside it; give a name such as "
+        raise ValueError(f"{what} {shown} names {where} itself, not a folder inside it; give a name such as "
                          f"'LayerT2V/layers'")
     too_long = [p for p in parts if len(p.encode()) + reserve > NAME_MAX]
     if too_long:
-        raise ValueError(f"{what} {relative!r}: the name {too_long[0][:20]!r}... is too long ({len(too_long[0])} "
-                         f"characters; at most {NAME_MAX - reserve} per folder name)")
+        raise ValueError(f"{what} {shown} is too long: {len(too_long[0])} characters in one folder name, at most "
+                         f"{NAME_MAX - reserve}")
     base = Path(root).resolve()
     target = (base / Path(*parts)).resolve()
     if base not in target.parents:  # '..' inside the name, or a symlink, leading out of root
-        raise ValueError(f"{what} {relative!r} points outside {where} (through a link)")
+        raise ValueError(f"{what} {shown} points outside {where} (through a link)")
     return target
 
 

@@ -185,7 +185,8 @@ class _SkipReport:
         indexed = getattr(dataset, "skipped_samples", [])
         if indexed:
             shown = "; ".join(f"{sample_id}: {reason}" for sample_id, reason in indexed[:3])
-            say(f"left out {len(indexed)} sample(s) while indexing the data ({shown}{'; ...' if len(indexed) > 3 else ''})")
+            more = "; ..." if len(indexed) > 3 else ""
+            say(f"left out {len(indexed)} sample(s) while indexing the data ({shown}{more})")
 
     def add(self, entries) -> None:
         for entry in entries:
