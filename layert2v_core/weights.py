@@ -102,14 +102,15 @@ def load_torch_file(file: str | os.PathLike, mmap: bool = True):
             if not mmap:
                 raise
             return torch.load(str(file), map_location="cpu", weights_only=True)  # files of the legacy format
-    except pickle.UnpicklingError as error:
-        # torch's text goes on to suggest ways of allowing the object; only what was refused is worth showing
-        found = re.search(r"WeightsUnpickler error: (.*?)(?: was not an allowed global|\.|\n|$)", str(error))
-        what = f" ({found.group(1).strip()})" if found else ""
-        raise CheckpointError(f"{file}: refused: besides tensors it holds Python objects{what}, and loading those "
-                              f"could run code. Use a .safetensors file of this model, or one saved as plain "
-                              f"tensors by a source you trust") from None
-    except (RuntimeError, EOFError, OSError, ValueError) as error:
+    except Exception as error:  # the weights-only unpickler meets junk with whatever error the junk leads to
+        refused = isinstance(error, pickle.UnpicklingError) and "Weights only load failed" in str(error)
+        if refused:
+            # torch's text goes on to suggest ways of allowing the object; only what was refused is worth showing
+            found = re.search(r"WeightsUnpickler error: (.*?)(?: was not an allowed global|\.|\n|$)", str(error))
+            what = f" ({found.group(1).strip()})" if found else ""
+            raise CheckpointError(f"{file}: refused: besides tensors it holds Python objects{what}, and loading "
+                                  f"those could run code. Use a .safetensors file of this model, or one saved as "
+                                  f"plain tensors by a source you trust") from None
         first = str(error).strip().splitlines()[0][:160] if str(error).strip() else type(error).__name__
         raise CheckpointError(f"{file}: not a readable PyTorch checkpoint ({first}): it is damaged or truncated, "
                               f"e.g. an interrupted download; download it again") from None

@@ -54,8 +54,11 @@ def test_a_refused_pickle_is_explained_without_suggesting_weights_only_false(tmp
     assert str(hostile) in text and "safetensors" in text and "weights_only" not in text, text
     assert "this must never run" not in capsys.readouterr().out
     damaged = truncated(hostile, tmp_path / "cut.pth", 0.3)
-    with pytest.raises(CheckpointError, match=f"{damaged}.*(damaged|truncated)"):
-        load_vae(damaged)
+    junk = tmp_path / "junk.pth"
+    junk.write_bytes(b"broken\n")  # not a zip: the legacy unpickler fails with an IndexError
+    for path in (damaged, junk):
+        with pytest.raises(CheckpointError, match=f"{path}.*(damaged|truncated)"):
+            load_vae(path)
 
 
 def test_an_adapter_for_another_width_is_named(folder, tmp_path):
