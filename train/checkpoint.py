@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import shutil
 from pathlib import Path
 
@@ -93,9 +94,9 @@ def read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict, dict]:
         state = load_torch_file(path / "state.pt", mmap=False)
         if not isinstance(state, dict) or not {"optimizer", "scheduler", "rng"} <= set(state):
             raise CheckpointError("it lacks the optimizer, scheduler or RNG state")
-    except CheckpointError as error:
-        raise CheckpointError(f"state.pt is unreadable ({str(error).removeprefix(str(path / 'state.pt') + ': ')})") \
-            from None
+    except CheckpointError as error:  # the loader's own words, less its file name and advice on downloads
+        detail = re.search(r"\(([^()]*)\)", str(error))
+        raise CheckpointError(f"state.pt is unreadable ({detail.group(1) if detail else error})") from None
     return tensors, state, progress
 
 
