@@ -20,7 +20,6 @@ ROW_KEYS = {"prompt": str, "background": str, "foregrounds": list, "negative": s
 PROMPTS_FORMAT = ('one JSON object per line: {"prompt": "...", "background": "...", "foregrounds": ["...", ...], '
                   '"negative": "...", "seed": 0, "name": "folder-name", "keep": {"bg": "clip.mp4"}}; only "prompt" '
                   'is required')
-RGBA_CHOICES = ("webm", "mov", "png")
 SAMPLE_NUMBER = re.compile(r"^(\d{4,})-")
 
 
@@ -125,6 +124,7 @@ def read_jobs(args) -> list[dict]:
 
 def check_settings(args) -> None:
     """The sampling and output settings, before anything loads."""
+    from .export import RGBA_FORMATS
     from .pipeline import check_video_size
     from .sampling import SOLVERS
 
@@ -145,8 +145,8 @@ def check_settings(args) -> None:
         problems.append(f"solver must be one of {list(SOLVERS)}, got {args.solver!r}")
     formats = [f.strip() for f in args.rgba.split(",") if f.strip()]
     for fmt in formats:
-        if fmt not in RGBA_CHOICES:
-            problems.append(f"--rgba: unknown RGBA format {fmt!r}; choose from {', '.join(RGBA_CHOICES)} "
+        if fmt not in RGBA_FORMATS:
+            problems.append(f"--rgba: unknown RGBA format {fmt!r}; choose from {', '.join(RGBA_FORMATS)} "
                             f"(comma-separated)")
     if problems:
         raise RequestError("; ".join(problems))
