@@ -24,11 +24,12 @@ WAN_SETTINGS = {"frames": 41, "height": 384, "width": 672, "steps": 50, "cfg": 5
                 "fps": 16.0}
 
 
-class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     """Shows a default only where there is one worth showing (not None, empty or False)."""
 
     def _get_help_string(self, action: argparse.Action) -> str:
-        if action.default in (None, "", [], False) or "default" in (action.help or ""):
+        if action.default is None or action.default is False or action.default in ("", []) or \
+                "default" in (action.help or ""):
             return action.help or ""
         return super()._get_help_string(action)
 
