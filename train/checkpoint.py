@@ -9,14 +9,16 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import shutil
 from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file
 
-from layert2v_core.weights import save_weights_atomic
+from layert2v_core.weights import CheckpointError, load_torch_file, save_weights_atomic
 
 PREFIX = "checkpoint-"
 
@@ -67,23 +69,67 @@ def list_checkpoints(folder: str | os.PathLike) -> list[Path]:
     return sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith(PREFIX))
 
 
-def resolve_resume(resume: str, output_dir: str) -> Path | None:
-    """'latest' -> the newest checkpoint in output_dir (None if there is none yet); else the given folder."""
+def seed_everything(seed: int) -> None:
+    """Seed every random source before any module is built, so initialisations (LoRA, new layers) repeat too."""
+    random.seed(seed)
+    np.random.seed(seed % 2 ** 32)
+    torch.manual_seed(seed)  # every device's generator as well
+
+
+def read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict, dict]:
+    """(trainable tensors, optimizer/scheduler/RNG state, progress) of one checkpoint folder; CheckpointError
+    naming the file that is missing, truncated or malformed."""
+    try:
+        progress = json.loads((path / "progress.json").read_text())
+        if not isinstance(progress, dict) or not all(isinstance(progress.get(k), int)
+                                                     for k in ("step", "epoch", "position")):
+            raise ValueError(f"expected step, epoch and position, got {str(progress)[:80]}")
+    except (OSError, ValueError) as error:
+        raise CheckpointError(f"progress.json is unreadable ({str(error) or type(error).__name__})") from None
+    try:
+        tensors = load_file(str(path / "trainable.safetensors"))
+    except (OSError, SafetensorError) as error:
+        raise CheckpointError(f"trainable.safetensors is unreadable ({error})") from None
+    try:
+        state = load_torch_file(path / "state.pt", mmap=False)
+        if not isinstance(state, dict) or not {"optimizer", "scheduler", "rng"} <= set(state):
+            raise CheckpointError("it lacks the optimizer, scheduler or RNG state")
+    except CheckpointError as error:  # the loader's own words, less its file name and advice on downloads
+        detail = re.search(r"\(([^()]*)\)", str(error))
+        raise CheckpointError(f"state.pt is unreadable ({detail.group(1) if detail else error})") from None
+    return tensors, state, progress
+
+
+def resume_checkpoint(resume: str, output_dir: str, say=print) -> tuple[Path, tuple] | None:
+    """The checkpoint to continue from, read: 'latest' is the newest one that reads back whole (broken newer ones
+    are reported through `say` and skipped); a named folder must read back whole. None when there is none yet."""
     if not resume:
         return None
-    if resume == "latest":
-        found = list_checkpoints(output_dir)
-        return found[-1] if found else None
-    path = Path(resume)
-    if not (path / "progress.json").exists():
-        raise SystemExit(f"--resume {resume}: not a checkpoint folder (no progress.json); use a "
-                         f"{PREFIX}NNNNNNN folder or 'latest'")
-    return path
+    if resume != "latest":
+        path = Path(resume)
+        if not (path / "progress.json").exists():
+            raise SystemExit(f"--resume {resume}: not a checkpoint folder (no progress.json); use a "
+                             f"{PREFIX}NNNNNNN folder or 'latest'")
+        try:
+            return path, read_checkpoint(path)
+        except CheckpointError as error:
+            raise SystemExit(f"--resume {resume}: {error}; resume from an earlier checkpoint or 'latest'") from None
+    found = list_checkpoints(output_dir)
+    for path in reversed(found):
+        try:
+            return path, read_checkpoint(path)
+        except CheckpointError as error:
+            say(f"skipped {path.name}: {error}")
+    if found:
+        raise SystemExit(f"--resume latest: none of the {len(found)} checkpoint(s) in {output_dir} reads back whole "
+                         f"(see above); delete them to start over")
+    return None
 
 
-def load_checkpoint(path: Path, trainable: dict[str, torch.nn.Parameter], optimizer, scheduler,
-                    generator: torch.Generator) -> dict:
-    tensors = load_file(str(path / "trainable.safetensors"))
+def apply_checkpoint(path: Path, loaded: tuple, trainable: dict[str, torch.nn.Parameter], optimizer, scheduler,
+                     generator: torch.Generator) -> dict:
+    """Put a read checkpoint into the run: weights, optimizer, scheduler, RNG; returns its progress record."""
+    tensors, state, progress = loaded
     missing = sorted(set(trainable) - set(tensors))
     if missing:
         raise SystemExit(f"{path}: checkpoint lacks trainable tensors {missing[:5]}; it was made by another stage "
@@ -91,8 +137,8 @@ def load_checkpoint(path: Path, trainable: dict[str, torch.nn.Parameter], optimi
     with torch.no_grad():
         for name, param in trainable.items():
             param.copy_(tensors[name].to(param.dtype))
-    state = torch.load(path / "state.pt", map_location="cpu", weights_only=True)
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     set_rng_state(state["rng"], generator)
-    return json.loads((path / "progress.json").read_text())
+    return progress
+

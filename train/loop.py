@@ -10,6 +10,7 @@ import json
 import math
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any, Callable, Iterator, Protocol
 
@@ -17,7 +18,9 @@ import torch
 from accelerate import Accelerator
 from torch.utils.data import DataLoader
 
-from .checkpoint import load_checkpoint, resolve_resume, save_checkpoint
+from layert2v_core.atomic import write_text
+
+from .checkpoint import apply_checkpoint, resume_checkpoint, save_checkpoint
 from .config import TrainConfig, save_config
 from .data import ForegroundGroupBatchSampler
 
@@ -94,19 +97,22 @@ def train(task: Task, cfg: TrainConfig) -> Path:
     batches = ShardedBatches(task, cfg.batch_size, cfg.seed, accelerator.process_index, accelerator.num_processes,
                              cfg.num_workers)
     step = 0
-    resume = resolve_resume(cfg.resume, cfg.output_dir)
-    if resume is not None:
-        progress = load_checkpoint(resume, {**trainable, **({f"ema.{k}": v for k, v in ema.items()} if ema else {})},
-                                   optimizer, scheduler, generator) if ema else \
-            load_checkpoint(resume, trainable, optimizer, scheduler, generator)
-        step, batches.epoch, batches.position = progress["step"], progress["epoch"], progress["position"]
-        accelerator.print(f"resumed from {resume} at step {step}")
-
     log_file = out / "log.jsonl"
+    resume = resume_checkpoint(cfg.resume, cfg.output_dir, say=accelerator.print)
+    if resume is not None:
+        path, loaded = resume
+        state = {**trainable, **({f"ema.{k}": v for k, v in ema.items()} if ema else {})}
+        progress = apply_checkpoint(path, loaded, state, optimizer, scheduler, generator)
+        step, batches.epoch, batches.position = progress["step"], progress["epoch"], progress["position"]
+        if main:
+            _truncate_log(log_file, step)
+        accelerator.print(f"resumed from {path} at step {step}")
+
     board = _tensorboard(out / "tensorboard") if main else None
     bar = _progress_bar(cfg.max_steps, step, enabled=main)
     window: list[float] = []
     started, seen = time.perf_counter(), 0
+    skipped = _SkipReport(task.dataset, accelerator.print)
     accelerator.print(f"{task.name}: {sum(p.numel() for p in trainable.values()):,} trainable parameters, "
                       f"{accelerator.num_processes} process(es) x batch {cfg.batch_size} x accumulation "
                       f"{cfg.grad_accum} = {cfg.batch_size * accelerator.num_processes * cfg.grad_accum} per step")
@@ -114,6 +120,7 @@ def train(task: Task, cfg: TrainConfig) -> Path:
     module.train()
     while step < cfg.max_steps:
         batch = next(data)
+        skipped.add(batch.get("skipped", ()))
         with accelerator.accumulate(module):
             loss, metrics = task.loss(module, batch, generator)
             accelerator.backward(loss)
@@ -137,7 +144,8 @@ def train(task: Task, cfg: TrainConfig) -> Path:
         if step % cfg.log_every == 0 or step == cfg.max_steps:
             elapsed = time.perf_counter() - started
             record = {"step": step, "loss": sum(window) / len(window), "lr": scheduler.get_last_lr()[0],
-                      "samples_per_s": seen / elapsed, **{k: float(v) for k, v in metrics.items()}}
+                      "samples_per_s": seen / elapsed, **{k: float(v) for k, v in metrics.items()},
+                      **skipped.record()}
             window = []
             if main:
                 with open(log_file, "a") as f:
@@ -167,6 +175,42 @@ def train(task: Task, cfg: TrainConfig) -> Path:
             print(f"wrote {path}", flush=True)
     accelerator.end_training()
     return final
+
+
+class _SkipReport:
+    """Samples the dataset could not use: each printed once when met, counted by kind in every log record."""
+
+    def __init__(self, dataset, say: Callable[[str], None]):
+        self.say, self.kinds = say, Counter(getattr(dataset, "skipped", {}))  # found while indexing the data
+        indexed = getattr(dataset, "skipped_samples", [])
+        if indexed:
+            shown = "; ".join(f"{sample_id}: {reason}" for sample_id, reason in indexed[:3])
+            more = "; ..." if len(indexed) > 3 else ""
+            say(f"left out {len(indexed)} sample(s) while indexing the data ({shown}{more})")
+
+    def add(self, entries) -> None:
+        for entry in entries:
+            self.kinds[entry["kind"]] += 1
+            self.say(f"skipped sample {entry['id']}: {entry['reason']}")
+
+    def record(self) -> dict:
+        return {"skipped_samples": sum(self.kinds.values()), "skipped": dict(self.kinds)} if self.kinds else {}
+
+
+def _truncate_log(log_file: Path, step: int) -> None:
+    """Drop the records after `step` (written after the checkpoint a run resumes from), so no step is logged
+    twice; a line cut short by a kill goes too."""
+    if not log_file.exists():
+        return
+    kept = []
+    for line in log_file.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(record, dict) and isinstance(record.get("step"), int) and record["step"] <= step:
+            kept.append(line + "\n")
+    write_text(log_file, "".join(kept))
 
 
 def _tensorboard(folder: Path):
