@@ -284,3 +284,69 @@ def test_wan_latent_statistics_are_diffusers_config_values():
     defaults = inspect.signature(AutoencoderKLWan.__init__).parameters
     assert list(WAN21_LATENT_MEAN) == defaults["latents_mean"].default
     assert list(WAN21_LATENT_STD) == defaults["latents_std"].default
+
+
+# ---------------------------------------------------------------- MASK polarity through the nodes, by hand
+
+
+class PixelVAE(torch.nn.Module):
+    """A stand-in VAE whose latent is the video itself, subsampled: every value below can be worked out by hand.
+
+    encode: channel 0 of frames 0, 4, ... at every 8th pixel, repeated over 16 channels; decode: the first
+    `channels` latent channels, each latent frame after the first held for 4 frames, pixels repeated 8 x 8.
+    """
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.channels = channels
+        self.anchor = torch.nn.Parameter(torch.zeros(1))  # something for .to() and the memory checks to see
+
+    def encode(self, video, tile=None):
+        return video[:, :1, ::4, ::8, ::8].expand(-1, 16, -1, -1, -1).clone()
+
+    def decode(self, latent, tile=None):
+        z = latent[:, :self.channels]
+        z = torch.cat([z[:, :, :1], z[:, :, 1:].repeat_interleave(4, dim=2)], dim=2)
+        return z.repeat_interleave(8, dim=3).repeat_interleave(8, dim=4)
+
+
+def _pixel_vaes():
+    from nodes.common import LoadedVAE
+    return LoadedVAE(vae=PixelVAE(3), mask_vae=PixelVAE(1), tile=None)
+
+
+def _node(name):
+    from nodes import NODE_CLASS_MAPPINGS
+    cls = NODE_CLASS_MAPPINGS[name]
+    return getattr(cls(), cls.FUNCTION)
+
+
+def test_encode_layers_reads_a_comfy_mask_as_one_minus_alpha(comfy_folders):
+    """Load Image gives MASK = 1 - alpha: a MASK of 0.25 is alpha 0.75, and the foreground is premultiplied by it."""
+    latent = _node("LayerT2VEmptyLatent")(16, 16, FRAMES, 1)[0]
+    foreground = torch.full((FRAMES, 16, 16, 3), 0.6)
+    mask = torch.full((FRAMES, 16, 16), 0.25)
+    kept = _node("LayerT2VEncodeLayers")(_pixel_vaes(), latent, 0.0, foreground_1=foreground, alpha_1=mask)[0]
+    samples = kept["samples"]
+    assert kept["layert2v"]["kept"] == ["fg1", "mask1"]
+    # Segments along time: full, bg, fg1, mask1, two latent frames each.
+    assert torch.allclose(samples[:, :, 6:8], torch.tensor(0.75))  # alpha = 1 - 0.25
+    assert torch.allclose(samples[:, :, 4:6], torch.tensor(0.6 * 0.75 * 2 - 1))  # premultiplied, in [-1, 1]
+    assert torch.equal(samples[:, :, :4], torch.zeros_like(samples[:, :, :4]))
+
+
+def test_decode_layers_gives_mask_one_minus_alpha_and_rgba_alpha_itself(comfy_folders):
+    """A latent whose alpha decodes to 0.8 and premultiplied colour to 0.4: MASK 0.2, RGBA alpha 0.8, colour 0.5."""
+    samples = torch.zeros(1, 16, 8, 2, 2)
+    samples[:, :, 0:2] = 0.2 * 2 - 1   # full 0.2
+    samples[:, :, 2:4] = 0.9 * 2 - 1   # background 0.9
+    samples[:, :, 4:6] = 0.4 * 2 - 1   # premultiplied foreground 0.4
+    samples[:, :, 6:8] = 0.8           # alpha 0.8
+    latent = {"samples": samples, "layert2v": {"num_foregrounds": 1, "frames": FRAMES, "kept": [], "strength": 0.0}}
+    full, background, foreground, mask, rgba, _ = _node("LayerT2VDecodeLayers")(_pixel_vaes(), latent, 1)
+    assert mask.shape == (FRAMES, 16, 16) and rgba.shape == (FRAMES, 16, 16, 4)
+    assert torch.allclose(full, torch.tensor(0.2)) and torch.allclose(background, torch.tensor(0.9))
+    assert torch.allclose(mask, torch.tensor(0.2))           # 1 - alpha, as Join Image with Alpha reads it
+    assert torch.allclose(rgba[..., 3], torch.tensor(0.8))   # the RGBA image carries alpha itself
+    assert torch.allclose(foreground, torch.tensor(0.5))     # straight colour 0.4 / 0.8
+    assert torch.allclose(rgba[..., :3], torch.tensor(0.5))
