@@ -350,3 +350,29 @@ def test_decode_layers_gives_mask_one_minus_alpha_and_rgba_alpha_itself(comfy_fo
     assert torch.allclose(rgba[..., 3], torch.tensor(0.8))   # the RGBA image carries alpha itself
     assert torch.allclose(foreground, torch.tensor(0.5))     # straight colour 0.4 / 0.8
     assert torch.allclose(rgba[..., :3], torch.tensor(0.5))
+
+
+# ---------------------------------------------------------------- layer files, every foreground
+
+
+def test_layer_files_hold_each_foreground_with_its_own_alpha(tmp_path):
+    """Two foregrounds of known colour and alpha: each RGBA file and alpha video holds its own layer's values."""
+    from layert2v_core.export import save_layers
+    from layert2v_core.pipeline import LayeredVideo
+    from layert2v_core.video_io import read_video
+
+    def solid(*values):
+        return torch.tensor(values).view(-1, 1, 1, 1).expand(-1, FRAMES, 16, 16).contiguous()
+
+    layers = LayeredVideo(full=solid(0.5, 0.5, 0.5), background=solid(0.2, 0.4, 0.6),
+                          foregrounds=[solid(1.0, 0.0, 0.0), solid(0.0, 0.8, 0.2)], alphas=[solid(0.6), solid(0.3)],
+                          latent=torch.zeros(16, 12, 2, 2), spec=LayerSpec(2))
+    save_layers(layers, tmp_path, fps=8, rgba_formats=("png",))
+    for i, (colour, alpha) in enumerate((((1.0, 0.0, 0.0), 0.6), ((0.0, 0.8, 0.2), 0.3)), start=1):
+        rgba = torch.from_numpy(read_video(tmp_path / f"fg{i}_rgba_png")[0])
+        assert rgba.shape == (FRAMES, 16, 16, 4)
+        expected = torch.tensor([*colour, alpha])
+        assert (rgba - expected).abs().max() <= 0.5 / 255 + 1e-6, (i, rgba[0, 0, 0])  # 8-bit PNG rounding
+        grey = torch.from_numpy(read_video(tmp_path / f"alpha{i}.mp4")[0])
+        # White = opaque; H.264 in limited-range YUV is off by 2.5 / 255 measured on these solid frames.
+        assert (grey - alpha).abs().max() <= 3 / 255, (i, grey.mean())
