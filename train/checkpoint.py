@@ -41,16 +41,25 @@ def set_rng_state(state: dict, generator: torch.Generator) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save_checkpoint(folder: str | os.PathLike, step: int, trainable: dict[str, torch.Tensor], optimizer, scheduler,
-                    generator: torch.Generator, extra: dict, keep_last: int) -> Path:
+def staging_folder(folder: str | os.PathLike, step: int) -> Path:
+    """Where the checkpoint of `step` is written before it is renamed into place."""
+    return Path(folder) / f".{PREFIX}{step:07d}.tmp"
+
+
+def save_checkpoint(folder: str | os.PathLike, step: int, trainable: dict[str, torch.Tensor] | None, optimizer,
+                    scheduler, generator: torch.Generator, extra: dict, keep_last: int) -> Path:
+    """Write and rename into place. trainable and optimizer None: their shards are already in the staging folder."""
     root = Path(folder)
     final = root / f"{PREFIX}{step:07d}"
-    tmp = root / f".{final.name}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    save_weights_atomic({k: v.detach().float().cpu() for k, v in trainable.items()}, tmp / "trainable.safetensors")
-    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "rng": rng_state(generator)}, tmp / "state.pt")
+    tmp = staging_folder(root, step)
+    if trainable is not None:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        save_weights_atomic({k: v.detach().float().cpu() for k, v in trainable.items()}, tmp / "trainable.safetensors")
+    state = {"scheduler": scheduler.state_dict(), "rng": rng_state(generator)}
+    if optimizer is not None:
+        state["optimizer"] = optimizer.state_dict()
+    torch.save(state, tmp / "state.pt")
     (tmp / "progress.json").write_text(json.dumps({"step": step, **extra}))
     if final.exists():
         shutil.rmtree(final)
@@ -83,6 +92,9 @@ def resolve_resume(resume: str, output_dir: str) -> Path | None:
 
 def load_checkpoint(path: Path, trainable: dict[str, torch.nn.Parameter], optimizer, scheduler,
                     generator: torch.Generator) -> dict:
+    if not (path / "trainable.safetensors").exists():
+        raise SystemExit(f"{path}: a sharded (fsdp) checkpoint; resume it with --fsdp true and the same process "
+                         f"count")
     tensors = load_file(str(path / "trainable.safetensors"))
     missing = sorted(set(trainable) - set(tensors))
     if missing:
@@ -91,8 +103,13 @@ def load_checkpoint(path: Path, trainable: dict[str, torch.nn.Parameter], optimi
     with torch.no_grad():
         for name, param in trainable.items():
             param.copy_(tensors[name].to(param.dtype))
+    optimizer.load_state_dict(torch.load(path / "state.pt", map_location="cpu", weights_only=True)["optimizer"])
+    return load_progress(path, scheduler, generator)
+
+
+def load_progress(path: Path, scheduler, generator: torch.Generator) -> dict:
+    """The schedule, the random state and the step / data position of a checkpoint (not its tensors)."""
     state = torch.load(path / "state.pt", map_location="cpu", weights_only=True)
-    optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     set_rng_state(state["rng"], generator)
     return json.loads((path / "progress.json").read_text())

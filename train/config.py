@@ -65,6 +65,7 @@ class TrainConfig:
     mixed_precision: str = "no"         # "no", "bf16", "fp16"
     gradient_checkpointing: bool = False
     cpu: bool = False
+    fsdp: bool = False                  # shard the model over the processes (torch FSDP2) instead of DDP
     log_every: int = 10
     save_every: int = 500
     keep_last: int = 3

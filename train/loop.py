@@ -1,8 +1,10 @@
 """The one training loop the three stages share; a stage is a `Task` that says what is trained and how it is scored.
 
-Runs on accelerate (one process, DDP, FSDP or DeepSpeed through `accelerate config` / `accelerate launch`), with
-mixed precision, gradient accumulation, AdamW + cosine schedule with warm-up, optional EMA, periodic logs and
-atomic checkpoints that `--resume` continues from exactly (model, optimizer, scheduler, RNG, data position).
+Runs on accelerate: one process, or several with `accelerate launch` as DDP (the default) or, with `--fsdp true`,
+fully sharded with torch FSDP2 (`train/fsdp.py`; checkpoints are then written shard by shard). Both are tested with
+two CPU processes; accelerate's own FSDP and DeepSpeed plugins are not used or tested. With mixed precision, gradient
+accumulation, AdamW + cosine schedule with warm-up, optional EMA, periodic logs and atomic checkpoints that
+`--resume` continues from exactly (model, optimizer, scheduler, RNG, data position).
 """
 from __future__ import annotations
 
@@ -17,7 +19,8 @@ import torch
 from accelerate import Accelerator
 from torch.utils.data import DataLoader
 
-from .checkpoint import load_checkpoint, resolve_resume, save_checkpoint
+from . import fsdp as sharding
+from .checkpoint import load_checkpoint, load_progress, resolve_resume, save_checkpoint, staging_folder
 from .config import TrainConfig, save_config
 from .data import ForegroundGroupBatchSampler
 
@@ -85,17 +88,27 @@ def train(task: Task, cfg: TrainConfig) -> Path:
     torch.manual_seed(cfg.seed + accelerator.process_index)
     generator = torch.Generator().manual_seed(cfg.seed + 1000 * accelerator.process_index)
 
+    if cfg.fsdp:
+        sharding.shard(task.module, accelerator.device, cfg.mixed_precision)  # before the parameters are collected
     trainable = task.trainable()
     optimizer = torch.optim.AdamW(list(trainable.values()), lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_with_warmup(cfg.warmup_steps, cfg.max_steps))
-    module, optimizer = accelerator.prepare(task.module, optimizer)
+    if cfg.fsdp:
+        module, plain_optimizer, optimizer = task.module, optimizer, accelerator.prepare(optimizer)
+    else:
+        module, optimizer = accelerator.prepare(task.module, optimizer)
     ema = {k: v.detach().float().clone() for k, v in trainable.items()} if cfg.ema_decay > 0 else None
 
     batches = ShardedBatches(task, cfg.batch_size, cfg.seed, accelerator.process_index, accelerator.num_processes,
                              cfg.num_workers)
     step = 0
     resume = resolve_resume(cfg.resume, cfg.output_dir)
-    if resume is not None:
+    if resume is not None and cfg.fsdp:
+        progress = load_progress(resume, scheduler, generator)
+        sharding.load_shards(resume, module, trainable, ema, plain_optimizer, generator)
+        step, batches.epoch, batches.position = progress["step"], progress["epoch"], progress["position"]
+        accelerator.print(f"resumed from {resume} at step {step}")
+    elif resume is not None:
         progress = load_checkpoint(resume, {**trainable, **({f"ema.{k}": v for k, v in ema.items()} if ema else {})},
                                    optimizer, scheduler, generator) if ema else \
             load_checkpoint(resume, trainable, optimizer, scheduler, generator)
@@ -150,10 +163,19 @@ def train(task: Task, cfg: TrainConfig) -> Path:
                       flush=True)
         if step % cfg.save_every == 0 or step == cfg.max_steps:
             accelerator.wait_for_everyone()
-            if main:
+            position = {"epoch": batches.epoch, "position": batches.position}
+            if cfg.fsdp:
+                staging = staging_folder(out, step)
+                if main:
+                    staging.mkdir(parents=True, exist_ok=True)
+                accelerator.wait_for_everyone()
+                sharding.save_shards(staging, module, trainable, ema, plain_optimizer, generator)
+                accelerator.wait_for_everyone()
+                if main:
+                    save_checkpoint(out, step, None, None, scheduler, generator, position, cfg.keep_last)
+            elif main:
                 state = {**trainable, **({f"ema.{k}": v for k, v in ema.items()} if ema else {})}
-                save_checkpoint(out, step, state, optimizer, scheduler, generator,
-                                {"epoch": batches.epoch, "position": batches.position}, cfg.keep_last)
+                save_checkpoint(out, step, state, optimizer, scheduler, generator, position, cfg.keep_last)
 
     if bar is not None:
         bar.close()
@@ -161,8 +183,10 @@ def train(task: Task, cfg: TrainConfig) -> Path:
         board.close()
     accelerator.wait_for_everyone()
     final = out / "final"
+    values = ema if ema is not None else {k: v.detach() for k, v in trainable.items()}
+    if cfg.fsdp:
+        values = sharding.full_values(values)  # every process takes part in gathering the shards
     if main:
-        values = ema if ema is not None else {k: v.detach() for k, v in trainable.items()}
         for path in task.export(final, values):
             print(f"wrote {path}", flush=True)
     accelerator.end_training()
