@@ -227,7 +227,8 @@ def test_comfy_sampler_matches_our_euler_on_the_same_sigmas(parts, monkeypatch):
     assert [s[:2] for s in steps] == [(1, 3), (2, 3), (3, 3)]
     assert steps[0][2] == (1, 16, 2, 2, 2)  # previews show the full-video segment
     theirs = run_sampler(model, conditioning, latent, sampler=EulerSamplerStandIn(), sigmas=sigmas)
-    assert torch.allclose(ours["samples"], theirs["samples"], atol=1e-4)
+    # Measured 1.9e-6 on latents of scale ~4 (the two Euler forms round differently in float32).
+    assert torch.allclose(ours["samples"], theirs["samples"], atol=4e-6, rtol=0)
     assert theirs["layert2v"] == latent["layert2v"]
 
 
