@@ -41,20 +41,34 @@ def set_rng_state(state: dict, generator: torch.Generator) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def staging_folder(folder: str | os.PathLike, step: int) -> Path:
-    """Where the checkpoint of `step` is written before it is renamed into place."""
-    return Path(folder) / f".{PREFIX}{step:07d}.tmp"
+def staging_folder(folder: str | os.PathLike, step: int, create: bool = False) -> Path:
+    """Where the checkpoint of `step` is written before it is renamed into place; `create` starts it empty."""
+    tmp = Path(folder) / f".{PREFIX}{step:07d}.tmp"
+    if create:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    return tmp
+
+
+def save_process_rng(folder: Path, rank: int, generator: torch.Generator) -> None:
+    """This process' random state: each process draws its own noise, so each resumes its own stream."""
+    torch.save(rng_state(generator), folder / f"rng-{rank}.pt")
+
+
+def load_process_rng(folder: Path, rank: int, generator: torch.Generator) -> None:
+    path = folder / f"rng-{rank}.pt"
+    if path.exists():  # checkpoints written before per-process states keep the main process' state for all
+        set_rng_state(torch.load(path, map_location="cpu", weights_only=True), generator)
 
 
 def save_checkpoint(folder: str | os.PathLike, step: int, trainable: dict[str, torch.Tensor] | None, optimizer,
                     scheduler, generator: torch.Generator, extra: dict, keep_last: int) -> Path:
-    """Write and rename into place. trainable and optimizer None: their shards are already in the staging folder."""
+    """Complete the staging folder (see `staging_folder`) and rename it into place; trainable and optimizer None:
+    their shards are already there."""
     root = Path(folder)
     final = root / f"{PREFIX}{step:07d}"
     tmp = staging_folder(root, step)
     if trainable is not None:
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
         save_weights_atomic({k: v.detach().float().cpu() for k, v in trainable.items()}, tmp / "trainable.safetensors")
     state = {"scheduler": scheduler.state_dict(), "rng": rng_state(generator)}
     if optimizer is not None:

@@ -48,14 +48,12 @@ def _tensors(module, trainable: dict, ema: dict | None, optimizer) -> dict:
     return state
 
 
-def save_shards(folder: Path, module, trainable: dict, ema: dict | None, optimizer, generator) -> None:
-    """Every process writes its shard of the tensors and its own random state into `folder` (a collective)."""
+def save_shards(folder: Path, module, trainable: dict, ema: dict | None, optimizer) -> None:
+    """Every process writes its shard of the tensors into `folder` (a collective)."""
     dcp.save(_tensors(module, trainable, ema, optimizer), checkpoint_id=str(folder / SHARDS))
-    torch.save({"torch": torch.get_rng_state(), "generator": generator.get_state()},
-               folder / f"rng-{dist.get_rank()}.pt")
 
 
-def load_shards(folder: Path, module, trainable: dict, ema: dict | None, optimizer, generator) -> None:
+def load_shards(folder: Path, module, trainable: dict, ema: dict | None, optimizer) -> None:
     """Read this process' shard of a `save_shards` checkpoint back into the live tensors (a collective)."""
     if not (folder / SHARDS).is_dir():
         raise SystemExit(f"{folder}: not a sharded (fsdp) checkpoint; resume it without --fsdp, or start afresh")
@@ -63,6 +61,3 @@ def load_shards(folder: Path, module, trainable: dict, ema: dict | None, optimiz
     with torch.no_grad():
         dcp.load(state, checkpoint_id=str(folder / SHARDS))
     set_optimizer_state_dict(module, optimizer, state["optimizer"])
-    rng = torch.load(folder / f"rng-{dist.get_rank()}.pt", weights_only=True)
-    torch.set_rng_state(rng["torch"])
-    generator.set_state(rng["generator"])

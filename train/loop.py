@@ -20,7 +20,8 @@ from accelerate import Accelerator
 from torch.utils.data import DataLoader
 
 from . import fsdp as sharding
-from .checkpoint import load_checkpoint, load_progress, resolve_resume, save_checkpoint, staging_folder
+from .checkpoint import (load_checkpoint, load_process_rng, load_progress, resolve_resume, save_checkpoint,
+                         save_process_rng, staging_folder)
 from .config import TrainConfig, save_config
 from .data import ForegroundGroupBatchSampler
 
@@ -103,15 +104,14 @@ def train(task: Task, cfg: TrainConfig) -> Path:
                              cfg.num_workers)
     step = 0
     resume = resolve_resume(cfg.resume, cfg.output_dir)
-    if resume is not None and cfg.fsdp:
-        progress = load_progress(resume, scheduler, generator)
-        sharding.load_shards(resume, module, trainable, ema, plain_optimizer, generator)
-        step, batches.epoch, batches.position = progress["step"], progress["epoch"], progress["position"]
-        accelerator.print(f"resumed from {resume} at step {step}")
-    elif resume is not None:
-        progress = load_checkpoint(resume, {**trainable, **({f"ema.{k}": v for k, v in ema.items()} if ema else {})},
-                                   optimizer, scheduler, generator) if ema else \
-            load_checkpoint(resume, trainable, optimizer, scheduler, generator)
+    if resume is not None:
+        if cfg.fsdp:
+            progress = load_progress(resume, scheduler, generator)
+            sharding.load_shards(resume, module, trainable, ema, plain_optimizer)
+        else:
+            progress = load_checkpoint(resume, {**trainable, **({f"ema.{k}": v for k, v in ema.items()} if ema
+                                                                else {})}, optimizer, scheduler, generator)
+        load_process_rng(resume, accelerator.process_index, generator)
         step, batches.epoch, batches.position = progress["step"], progress["epoch"], progress["position"]
         accelerator.print(f"resumed from {resume} at step {step}")
 
@@ -163,19 +163,17 @@ def train(task: Task, cfg: TrainConfig) -> Path:
                       flush=True)
         if step % cfg.save_every == 0 or step == cfg.max_steps:
             accelerator.wait_for_everyone()
-            position = {"epoch": batches.epoch, "position": batches.position}
+            staging = staging_folder(out, step, create=main)
+            accelerator.wait_for_everyone()
+            save_process_rng(staging, accelerator.process_index, generator)
             if cfg.fsdp:
-                staging = staging_folder(out, step)
-                if main:
-                    staging.mkdir(parents=True, exist_ok=True)
-                accelerator.wait_for_everyone()
-                sharding.save_shards(staging, module, trainable, ema, plain_optimizer, generator)
-                accelerator.wait_for_everyone()
-                if main:
-                    save_checkpoint(out, step, None, None, scheduler, generator, position, cfg.keep_last)
-            elif main:
-                state = {**trainable, **({f"ema.{k}": v for k, v in ema.items()} if ema else {})}
-                save_checkpoint(out, step, state, optimizer, scheduler, generator, position, cfg.keep_last)
+                sharding.save_shards(staging, module, trainable, ema, plain_optimizer)
+            accelerator.wait_for_everyone()
+            if main:
+                position = {"epoch": batches.epoch, "position": batches.position}
+                state = None if cfg.fsdp else {**trainable, **({f"ema.{k}": v for k, v in ema.items()} if ema else {})}
+                save_checkpoint(out, step, state, None if cfg.fsdp else optimizer, scheduler, generator, position,
+                                cfg.keep_last)
 
     if bar is not None:
         bar.close()
