@@ -43,16 +43,39 @@ def set_rng_state(state: dict, generator: torch.Generator) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save_checkpoint(folder: str | os.PathLike, step: int, trainable: dict[str, torch.Tensor], optimizer, scheduler,
-                    generator: torch.Generator, extra: dict, keep_last: int) -> Path:
+def staging_folder(folder: str | os.PathLike, step: int, create: bool = False) -> Path:
+    """Where the checkpoint of `step` is written before it is renamed into place; `create` starts it empty."""
+    tmp = Path(folder) / f".{PREFIX}{step:07d}.tmp"
+    if create:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    return tmp
+
+
+def save_process_rng(folder: Path, rank: int, generator: torch.Generator) -> None:
+    """This process' random state: each process draws its own noise, so each resumes its own stream."""
+    torch.save(rng_state(generator), folder / f"rng-{rank}.pt")
+
+
+def load_process_rng(folder: Path, rank: int, generator: torch.Generator) -> None:
+    path = folder / f"rng-{rank}.pt"
+    if path.exists():  # checkpoints written before per-process states keep the main process' state for all
+        set_rng_state(torch.load(path, map_location="cpu", weights_only=True), generator)
+
+
+def save_checkpoint(folder: str | os.PathLike, step: int, trainable: dict[str, torch.Tensor] | None, optimizer,
+                    scheduler, generator: torch.Generator, extra: dict, keep_last: int) -> Path:
+    """Complete the staging folder (see `staging_folder`) and rename it into place; trainable and optimizer None:
+    their shards are already there."""
     root = Path(folder)
     final = root / f"{PREFIX}{step:07d}"
-    tmp = root / f".{final.name}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    save_weights_atomic({k: v.detach().float().cpu() for k, v in trainable.items()}, tmp / "trainable.safetensors")
-    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "rng": rng_state(generator)}, tmp / "state.pt")
+    tmp = staging_folder(root, step)
+    if trainable is not None:
+        save_weights_atomic({k: v.detach().float().cpu() for k, v in trainable.items()}, tmp / "trainable.safetensors")
+    state = {"scheduler": scheduler.state_dict(), "rng": rng_state(generator)}
+    if optimizer is not None:
+        state["optimizer"] = optimizer.state_dict()
+    torch.save(state, tmp / "state.pt")
     (tmp / "progress.json").write_text(json.dumps({"step": step, **extra}))
     if final.exists():
         shutil.rmtree(final)
@@ -76,9 +99,13 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)  # every device's generator as well
 
 
-def read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict, dict]:
-    """(trainable tensors, optimizer/scheduler/RNG state, progress) of one checkpoint folder; CheckpointError
-    naming the file that is missing, truncated or malformed."""
+SHARDED = "sharded"  # an fsdp checkpoint's tensor folder (train/fsdp.py), instead of trainable.safetensors
+
+
+def read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor] | None, dict, dict]:
+    """(trainable tensors, optimizer/scheduler/RNG state, progress) of one checkpoint folder; tensors None for a
+    sharded (fsdp) checkpoint, whose tensors and optimizer its processes read themselves. CheckpointError naming the
+    file that is missing, truncated or malformed."""
     try:
         progress = json.loads((path / "progress.json").read_text())
         if not isinstance(progress, dict) or not all(isinstance(progress.get(k), int)
@@ -86,13 +113,17 @@ def read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict, dict]:
             raise ValueError(f"expected step, epoch and position, got {str(progress)[:80]}")
     except (OSError, ValueError) as error:
         raise CheckpointError(f"progress.json is unreadable ({str(error) or type(error).__name__})") from None
-    try:
-        tensors = load_file(str(path / "trainable.safetensors"))
-    except (OSError, SafetensorError) as error:
-        raise CheckpointError(f"trainable.safetensors is unreadable ({error})") from None
+    sharded = not (path / "trainable.safetensors").exists() and (path / SHARDED).is_dir()
+    tensors = None
+    if not sharded:
+        try:
+            tensors = load_file(str(path / "trainable.safetensors"))
+        except (OSError, SafetensorError) as error:
+            raise CheckpointError(f"trainable.safetensors is unreadable ({error})") from None
+    needed = {"scheduler", "rng"} | (set() if sharded else {"optimizer"})
     try:
         state = load_torch_file(path / "state.pt", mmap=False)
-        if not isinstance(state, dict) or not {"optimizer", "scheduler", "rng"} <= set(state):
+        if not isinstance(state, dict) or not needed <= set(state):
             raise CheckpointError("it lacks the optimizer, scheduler or RNG state")
     except CheckpointError as error:  # the loader's own words, less its file name and advice on downloads
         detail = re.search(r"\(([^()]*)\)", str(error))
@@ -127,18 +158,23 @@ def resume_checkpoint(resume: str, output_dir: str, say=print) -> tuple[Path, tu
 
 
 def apply_checkpoint(path: Path, loaded: tuple, trainable: dict[str, torch.nn.Parameter], optimizer, scheduler,
-                     generator: torch.Generator) -> dict:
-    """Put a read checkpoint into the run: weights, optimizer, scheduler, RNG; returns its progress record."""
+                     generator: torch.Generator, sharded: bool = False) -> dict:
+    """Put a read checkpoint into the run: weights and optimizer (unless `sharded`: train/fsdp.py reads those),
+    scheduler, RNG; returns its progress record."""
     tensors, state, progress = loaded
-    missing = sorted(set(trainable) - set(tensors))
-    if missing:
-        raise SystemExit(f"{path}: checkpoint lacks trainable tensors {missing[:5]}; it was made by another stage "
-                         f"or configuration")
-    with torch.no_grad():
-        for name, param in trainable.items():
-            param.copy_(tensors[name].to(param.dtype))
-    optimizer.load_state_dict(state["optimizer"])
+    if sharded != (tensors is None):
+        raise SystemExit(f"{path}: a sharded (fsdp) checkpoint; resume it with --fsdp true and the same process count"
+                         if tensors is None else
+                         f"{path}: not a sharded (fsdp) checkpoint; resume it without --fsdp, or start afresh")
+    if not sharded:
+        missing = sorted(set(trainable) - set(tensors))
+        if missing:
+            raise SystemExit(f"{path}: checkpoint lacks trainable tensors {missing[:5]}; it was made by another "
+                             f"stage or configuration")
+        with torch.no_grad():
+            for name, param in trainable.items():
+                param.copy_(tensors[name].to(param.dtype))
+        optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     set_rng_state(state["rng"], generator)
     return progress
-

@@ -68,6 +68,7 @@ class TrainConfig:
     mixed_precision: str = "no"         # "no", "bf16", "fp16"
     gradient_checkpointing: bool = False  # recompute activations in the backward pass (less memory)
     cpu: bool = False                   # train on the CPU
+    fsdp: bool = False                  # shard the model over the processes (torch FSDP2) instead of DDP
     log_every: int = 10                 # steps between log lines
     save_every: int = 500               # steps between checkpoints
     keep_last: int = 3                  # checkpoints kept

@@ -1,8 +1,10 @@
 """The one training loop the three stages share; a stage is a `Task` that says what is trained and how it is scored.
 
-Runs on accelerate (one process, DDP, FSDP or DeepSpeed through `accelerate config` / `accelerate launch`), with
-mixed precision, gradient accumulation, AdamW + cosine schedule with warm-up, optional EMA, periodic logs and
-atomic checkpoints that `--resume` continues from exactly (model, optimizer, scheduler, RNG, data position).
+Runs on accelerate: one process, or several with `accelerate launch` as DDP (the default) or, with `--fsdp true`,
+fully sharded with torch FSDP2 (`train/fsdp.py`; checkpoints are then written shard by shard). Both are tested with
+two CPU processes; accelerate's own FSDP and DeepSpeed plugins are not used or tested. With mixed precision, gradient
+accumulation, AdamW + cosine schedule with warm-up, optional EMA, periodic logs and atomic checkpoints that
+`--resume` continues from exactly (model, optimizer, scheduler, RNG, data position).
 """
 from __future__ import annotations
 
@@ -20,7 +22,9 @@ from torch.utils.data import DataLoader
 
 from layert2v_core.atomic import write_text
 
-from .checkpoint import apply_checkpoint, resume_checkpoint, save_checkpoint
+from . import fsdp as sharding
+from .checkpoint import (apply_checkpoint, load_process_rng, resume_checkpoint, save_checkpoint, save_process_rng,
+                         staging_folder)
 from .config import TrainConfig, save_config
 from .data import ForegroundGroupBatchSampler
 
@@ -88,10 +92,15 @@ def train(task: Task, cfg: TrainConfig) -> Path:
     torch.manual_seed(cfg.seed + accelerator.process_index)
     generator = torch.Generator().manual_seed(cfg.seed + 1000 * accelerator.process_index)
 
+    if cfg.fsdp:
+        sharding.shard(task.module, accelerator.device, cfg.mixed_precision)  # before the parameters are collected
     trainable = task.trainable()
     optimizer = torch.optim.AdamW(list(trainable.values()), lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_with_warmup(cfg.warmup_steps, cfg.max_steps))
-    module, optimizer = accelerator.prepare(task.module, optimizer)
+    if cfg.fsdp:
+        module, plain_optimizer, optimizer = task.module, optimizer, accelerator.prepare(optimizer)
+    else:
+        module, optimizer = accelerator.prepare(task.module, optimizer)
     ema = {k: v.detach().float().clone() for k, v in trainable.items()} if cfg.ema_decay > 0 else None
 
     batches = ShardedBatches(task, cfg.batch_size, cfg.seed, accelerator.process_index, accelerator.num_processes,
@@ -102,7 +111,10 @@ def train(task: Task, cfg: TrainConfig) -> Path:
     if resume is not None:
         path, loaded = resume
         state = {**trainable, **({f"ema.{k}": v for k, v in ema.items()} if ema else {})}
-        progress = apply_checkpoint(path, loaded, state, optimizer, scheduler, generator)
+        progress = apply_checkpoint(path, loaded, state, optimizer, scheduler, generator, sharded=cfg.fsdp)
+        if cfg.fsdp:
+            sharding.load_shards(path, module, trainable, ema, plain_optimizer)
+        load_process_rng(path, accelerator.process_index, generator)
         step, batches.epoch, batches.position = progress["step"], progress["epoch"], progress["position"]
         if main:
             _truncate_log(log_file, step)
@@ -158,10 +170,17 @@ def train(task: Task, cfg: TrainConfig) -> Path:
                       flush=True)
         if step % cfg.save_every == 0 or step == cfg.max_steps:
             accelerator.wait_for_everyone()
+            staging = staging_folder(out, step, create=main)
+            accelerator.wait_for_everyone()
+            save_process_rng(staging, accelerator.process_index, generator)
+            if cfg.fsdp:
+                sharding.save_shards(staging, module, trainable, ema, plain_optimizer)
+            accelerator.wait_for_everyone()
             if main:
-                state = {**trainable, **({f"ema.{k}": v for k, v in ema.items()} if ema else {})}
-                save_checkpoint(out, step, state, optimizer, scheduler, generator,
-                                {"epoch": batches.epoch, "position": batches.position}, cfg.keep_last)
+                position = {"epoch": batches.epoch, "position": batches.position}
+                state = None if cfg.fsdp else {**trainable, **({f"ema.{k}": v for k, v in ema.items()} if ema else {})}
+                save_checkpoint(out, step, state, None if cfg.fsdp else optimizer, scheduler, generator, position,
+                                cfg.keep_last)
 
     if bar is not None:
         bar.close()
@@ -169,8 +188,10 @@ def train(task: Task, cfg: TrainConfig) -> Path:
         board.close()
     accelerator.wait_for_everyone()
     final = out / "final"
+    values = ema if ema is not None else {k: v.detach() for k, v in trainable.items()}
+    if cfg.fsdp:
+        values = sharding.full_values(values)  # every process takes part in gathering the shards
     if main:
-        values = ema if ema is not None else {k: v.detach() for k, v in trainable.items()}
         for path in task.export(final, values):
             print(f"wrote {path}", flush=True)
     accelerator.end_training()
