@@ -19,7 +19,6 @@ from torch.distributed.tensor import DTensor
 
 from .checkpoint import SHARDED
 
-SHARDS = SHARDED  # the folder of a checkpoint holding its shards
 PRECISION = {"no": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -52,14 +51,14 @@ def _tensors(module, trainable: dict, ema: dict | None, optimizer) -> dict:
 
 def save_shards(folder: Path, module, trainable: dict, ema: dict | None, optimizer) -> None:
     """Every process writes its shard of the tensors into `folder` (a collective)."""
-    dcp.save(_tensors(module, trainable, ema, optimizer), checkpoint_id=str(folder / SHARDS))
+    dcp.save(_tensors(module, trainable, ema, optimizer), checkpoint_id=str(folder / SHARDED))
 
 
 def load_shards(folder: Path, module, trainable: dict, ema: dict | None, optimizer) -> None:
     """Read this process' shard of a `save_shards` checkpoint back into the live tensors (a collective)."""
-    if not (folder / SHARDS).is_dir():
+    if not (folder / SHARDED).is_dir():
         raise SystemExit(f"{folder}: not a sharded (fsdp) checkpoint; resume it without --fsdp, or start afresh")
     state = _tensors(module, trainable, ema, optimizer)
     with torch.no_grad():
-        dcp.load(state, checkpoint_id=str(folder / SHARDS))
+        dcp.load(state, checkpoint_id=str(folder / SHARDED))
     set_optimizer_state_dict(module, optimizer, state["optimizer"])
