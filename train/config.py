@@ -30,6 +30,7 @@ class TrainConfig:
     text_encoder: str = ""
     adapter: str = ""                   # stage 3: the stage-2 adapter to continue from
     routing_policy: str = "paper"
+    layer_adaln: bool = True            # false: LayerAdaLN stays at zero (the paper's temporal-concatenation baseline)
     # optimisation (paper appendix A)
     lr: float = 1e-4
     weight_decay: float = 0.01
