@@ -199,6 +199,9 @@ def test_bad_checkpoints_are_refused_with_the_file_named(checkpoint, tmp_path, m
     with pytest.raises(ModelUnavailable, match="evil.pth is not a plain tensor checkpoint"):
         viclip.load_viclip(tmp_path / "evil.pth")
     assert not (tmp_path / "pwned_by_viclip_checkpoint").exists()
+    (tmp_path / "junk.safetensors").write_bytes(b"\x00" * 64)
+    with pytest.raises(ModelUnavailable, match="junk.safetensors is not a plain tensor checkpoint"):
+        viclip.load_viclip(tmp_path / "junk.safetensors")
     with pytest.raises(ModelUnavailable, match="missing.pth not found.*--viclip"):
         viclip.load_viclip(tmp_path / "missing.pth")
     broken = {k: v for k, v in checkpoint[1].items() if "resblocks.1.mlp" not in k or "text" in k}

@@ -172,10 +172,10 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise ModelUnavailable(f"ViCLIP checkpoint {path} not found; get {VICLIP_FILE} (OpenGVLab/VBench_Used_Models "
                                f"on the Hugging Face hub) and pass --viclip FILE")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-        return load_file(str(path))
     try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+            return load_file(str(path))
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # a pickle that is more than tensors is refused, never executed
         raise ModelUnavailable(f"ViCLIP checkpoint {path} is not a plain tensor checkpoint and was not loaded "
@@ -190,7 +190,7 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
 
 def load_viclip(path: str | os.PathLike, head_dim: int = HEAD_DIM) -> ViClip:
     """ViCLIP with the weights of `path` (every key of the model must be there, nothing else but `temp`)."""
-    state = {k.removeprefix("module."): v for k, v in read_state_dict(path).items()}
+    state = read_state_dict(path)
     try:
         model = ViClip(ViClipConfig.from_state_dict(state, head_dim))
     except (KeyError, IndexError, ValueError) as error:
