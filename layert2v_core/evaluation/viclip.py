@@ -178,9 +178,12 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
             return load_file(str(path))
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # a pickle that is more than tensors is refused, never executed
+        lines = str(error).splitlines()
+        reason = next((line.split("error: ")[-1].split(" was not")[0] for line in lines if "Unsupported global" in line),
+                      lines[0] if lines else type(error).__name__)
         raise ModelUnavailable(f"ViCLIP checkpoint {path} is not a plain tensor checkpoint and was not loaded "
-                               f"({str(error).splitlines()[0]}); save its 'model' state dict as .safetensors on a "
-                               f"machine you trust and pass that file") from None
+                               f"({reason}); save its 'model' state dict as .safetensors on a machine you trust and "
+                               f"pass that file") from None
     if isinstance(state, dict) and isinstance(state.get("model"), dict):
         state = state["model"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
