@@ -196,7 +196,7 @@ class Exploit:
 def test_bad_checkpoints_are_refused_with_the_file_named(checkpoint, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     torch.save({"model": checkpoint[1], "payload": Exploit()}, tmp_path / "evil.pth")
-    with pytest.raises(ModelUnavailable, match=r"evil.pth is not a plain tensor checkpoint and was not loaded \(Unsupported global: GLOBAL io.open\)"):
+    with pytest.raises(ModelUnavailable, match=r"evil.pth is not a plain tensor checkpoint and was not loaded \(.*open"):
         viclip.load_viclip(tmp_path / "evil.pth")
     assert not (tmp_path / "pwned_by_viclip_checkpoint").exists()
     (tmp_path / "junk.safetensors").write_bytes(b"\x00" * 64)
