@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
 
-from layert2v_core.evaluation import vbench, viclip
+from layert2v_core.evaluation import feature_models, vbench, viclip
 from layert2v_core.evaluation.evaluate import load_scorers, vbench_scores
 from layert2v_core.evaluation.feature_models import CLIP_MEAN, CLIP_STD, ModelUnavailable
 from layert2v_core.evaluation.samples import LayeredClip
@@ -91,19 +91,19 @@ def test_middle_frames_are_vbench_middle_sampling():
 
 
 def test_clip_transform_size_crop_quantisation_and_normalisation():
-    assert viclip.resized_size(480, 832, 224) == (224, 388)
-    assert viclip.resized_size(96, 170, 224) == (224, 396)  # 396.67 truncated, as torchvision
-    assert viclip.resized_size(300, 223, 224) == (301, 224)
-    grey = viclip.clip_pixels(np.full((2, 96, 170, 3), 128, np.uint8))
+    assert feature_models.resized_size(480, 832, 224) == (224, 388)
+    assert feature_models.resized_size(96, 170, 224) == (224, 396)  # 396.67 truncated, as torchvision
+    assert feature_models.resized_size(300, 223, 224) == (301, 224)
+    grey = feature_models.clip_pixels(np.full((2, 96, 170, 3), 128, np.uint8))
     assert grey.shape == (2, 3, 224, 224)
     expected = (128 / 255 - torch.tensor(CLIP_MEAN)) / torch.tensor(CLIP_STD)
     assert torch.allclose(grey[:, :, 5, 7], expected.expand(2, 3), atol=1e-6)  # bicubic keeps a flat frame flat
-    levels = viclip.clip_pixels(video(2, 60, 90)) * torch.tensor(CLIP_STD).view(1, 3, 1, 1)
+    levels = feature_models.clip_pixels(video(2, 60, 90)) * torch.tensor(CLIP_STD).view(1, 3, 1, 1)
     levels = (levels + torch.tensor(CLIP_MEAN).view(1, 3, 1, 1)) * 255
     assert (levels - levels.round()).abs().max() < 1e-3  # torchvision brings the resized uint8 frame back to 8 bits
     for width, left in ((397, 86), (399, 88)):  # (397 - 224) / 2 = 86.5 -> 86 and 87.5 -> 88: round half to even
         columns = np.broadcast_to((np.arange(width) % 256).astype(np.uint8)[None, None, :, None], (1, 224, width, 3))
-        first = viclip.clip_pixels(columns)[0, 0, 0, 0] * CLIP_STD[0] + CLIP_MEAN[0]
+        first = feature_models.clip_pixels(columns)[0, 0, 0, 0] * CLIP_STD[0] + CLIP_MEAN[0]
         assert float(first) * 255 == pytest.approx(left, abs=1e-3)
 
 
@@ -155,7 +155,7 @@ def test_features_match_an_independent_multihead_attention_reference(checkpoint)
     frames = video()
     prompt = "a white square moves right"
     tokens = model.tokenizer(prompt)["input_ids"]
-    pixels = viclip.clip_pixels(frames[vbench.middle_frames(len(frames))], GRID * PATCH)
+    pixels = feature_models.clip_pixels(frames[vbench.middle_frames(len(frames))], GRID * PATCH)
     with torch.no_grad():
         video_ref, text_ref = reference_features(checkpoint[1], pixels, tokens, heads=WIDTH // 16)
     assert (model.video(frames) - video_ref).abs().max() < 1e-5  # measured 5e-7 (float32)

@@ -25,7 +25,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .feature_models import CLIP_ID, CLIP_MEAN, CLIP_STD, ModelUnavailable, _from_pretrained
+from .feature_models import CLIP_ID, ModelUnavailable, _from_pretrained, clip_pixels
 from .vbench import middle_frames
 
 VICLIP_FILE = "ViClip-InternVid-10M-FLT.pth"
@@ -208,27 +208,6 @@ def load_viclip(path: str | os.PathLike, head_dim: int = HEAD_DIM) -> ViClip:
                                f"unexpected {unexpected[:3]}, wrong shape {wrong[:3]} (expected {VICLIP_FILE})")
     model.load_state_dict({k: state[k].float() for k in expected})
     return model.eval()
-
-
-def resized_size(height: int, width: int, size: int) -> tuple[int, int]:
-    """torchvision's Resize(size) rule: the shorter side becomes `size`, the longer one is truncated, not rounded."""
-    if height <= width:
-        return size, int(size * width / height)
-    return int(size * height / width), size
-
-
-def clip_pixels(frames: np.ndarray, size: int = 224) -> torch.Tensor:
-    """VBench's clip_transform on uint8 frames [T, H, W, 3] -> [T, 3, size, size]: bicubic resize of the shorter
-    side (no antialiasing) back to 8-bit as torchvision does on uint8, centre crop (offsets rounded half to even,
-    as Python's round), then / 255 and CLIP's normalisation."""
-    images = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float()
-    height, width = resized_size(*images.shape[-2:], size)
-    if (height, width) != tuple(images.shape[-2:]):
-        images = F.interpolate(images, size=(height, width), mode="bicubic", align_corners=False, antialias=False)
-        images = images.clamp(0, 255).round()
-    top, left = int(round((height - size) / 2.0)), int(round((width - size) / 2.0))
-    images = images[..., top:top + size, left:left + size] / 255.0
-    return (images - torch.tensor(CLIP_MEAN).view(1, 3, 1, 1)) / torch.tensor(CLIP_STD).view(1, 3, 1, 1)
 
 
 def clean_prompt(text: str) -> str:
