@@ -237,3 +237,17 @@ def test_text_alignment_uses_viclip_when_given_and_never_falls_back(checkpoint, 
     torch.save({"model": official_state_dict(vocab_size=99)}, tmp_path / "other_vocab.pth")
     with pytest.raises(ModelUnavailable, match="has 55 tokens, ViCLIP .*other_vocab.pth 99"):
         load_scorers(dino=None, clip=None, viclip=str(tmp_path / "other_vocab.pth"), viclip_tokenizer=tokenizer)
+
+
+def test_evaluate_command_stops_on_a_viclip_it_cannot_use(checkpoint, tmp_path):
+    from layert2v_core.cli import main
+    from train.synthetic import generate_sample, write_sample
+
+    root, _ = checkpoint
+    write_sample(generate_sample(3, frames=9, height=32, width=32, split="eval"), tmp_path / "truth" / "s0",
+                 lossless=True)
+    args = ["evaluate", str(tmp_path / "truth"), "--quiet", "--no-sheets"]
+    with pytest.raises(SystemExit, match="absent.pth not found"):  # before any other model or sample is touched
+        main(args + ["--out", str(tmp_path / "r0"), "--viclip", str(tmp_path / "absent.pth")])
+    with pytest.raises(SystemExit, match="--viclip asks for a model and --no-models for none"):
+        main(args + ["--out", str(tmp_path / "r1"), "--viclip", str(root / viclip.VICLIP_FILE), "--no-models"])
