@@ -65,8 +65,9 @@ def test_motion_smoothness_static_one_flow_beats_linear_on_motion_teleport_score
 
 
 def test_middle_frames_and_text_alignment():
-    assert vbench.middle_frames(16) == [1, 3, 5, 7, 9, 11, 13, 15]
-    assert vbench.middle_frames(9) == [0, 1, 2, 3, 5, 6, 7, 8]
+    # VBench: segment edges int(linspace(0, n, 9)), the middle (start + end - 1) // 2 of each
+    assert vbench.middle_frames(16) == [0, 2, 4, 6, 8, 10, 12, 14]
+    assert vbench.middle_frames(9) == [0, 1, 2, 3, 4, 5, 6, 7]
     text = torch.tensor([1.0, 0.0])
     assert vbench.text_alignment(torch.tensor([[2.0, 0.0], [0.0, 3.0]]), text) == pytest.approx(2 ** -0.5)
 

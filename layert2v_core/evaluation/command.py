@@ -9,6 +9,7 @@ from pathlib import Path
 
 from .feature_models import AESTHETIC_FILE, CLIP_ID, DINO_ID
 from .interpolation import DEFAULT_INTERPOLATOR, INTERPOLATORS
+from .viclip import VICLIP_FILE
 
 
 def add_parser(commands) -> argparse.ArgumentParser:
@@ -27,6 +28,10 @@ def add_parser(commands) -> argparse.ArgumentParser:
                                                    "skipped with a note when not cached)")
     e.add_argument("--clip", default=CLIP_ID, help=f"CLIP ViT-L/14 folder or cached hub id (default {CLIP_ID})")
     e.add_argument("--aesthetic", help=f"LAION aesthetic head ({AESTHETIC_FILE} or .safetensors)")
+    e.add_argument("--viclip", help=f"ViCLIP checkpoint ({VICLIP_FILE} or .safetensors): text alignment as VBench's "
+                                    "overall_consistency (default: CLIP frame-average, labelled as such)")
+    e.add_argument("--viclip-tokenizer", default=CLIP_ID,
+                   help=f"folder or cached hub id with CLIP's BPE vocabulary for --viclip (default {CLIP_ID})")
     e.add_argument("--no-models", action="store_true", help="only the model-free dimensions and layer metrics")
     e.add_argument("--interpolator", default=DEFAULT_INTERPOLATOR,
                    help=f"motion-smoothness interpolator: {', '.join(INTERPOLATORS)} or module:function "
@@ -62,9 +67,11 @@ def run(args: argparse.Namespace) -> int:
         runs = runs_from_paths(args.samples)
         if args.prompts and not Path(args.prompts).is_file():
             raise FileNotFoundError(f"--prompts {args.prompts}: no such file")
+        if args.no_models and args.viclip:
+            raise ValueError("--viclip asks for a model and --no-models for none: drop one of them")
         none = dict(dino=None, clip=None) if args.no_models else dict(dino=args.dino, clip=args.clip)
         scorers = load_scorers(aesthetic=args.aesthetic, interpolator=args.interpolator, device=args.device,
-                               **none)
+                               viclip=args.viclip, viclip_tokenizer=args.viclip_tokenizer, **none)
     except (FileNotFoundError, ValueError, RuntimeError) as error:
         raise SystemExit(f"evaluate: {error}")
     for dimension, reason in scorers.unavailable.items():

@@ -19,6 +19,7 @@ from .layer_metrics import clip_layer_metrics
 from .report import DIMENSIONS, contact_sheet, write_png, write_report
 from .samples import LayeredClip, read_sample, sample_folders
 from .synthetic_world import foreground_world_metrics
+from .viclip import ViClipFeatures
 
 STEADY_RATIO, PRESENT = 2.5, 0.95
 
@@ -32,6 +33,7 @@ class Scorers:
     dino: DinoFeatures | None = None
     clip: ClipFeatures | None = None
     aesthetic: torch.nn.Module | None = None
+    viclip: ViClipFeatures | None = None
     unavailable: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -43,14 +45,23 @@ class Scorers:
                 "motion_smoothness": f"interpolator {self.interpolator_name}",
                 "subject_consistency": self.dino.name if self.dino else None,
                 "aesthetic_quality": f"{self.clip.name} + LAION linear head" if self.clip and self.aesthetic else None,
-                "text_alignment": f"clip-frame-average ({self.clip.name}; VBench uses ViCLIP)" if self.clip else None}
+                "text_alignment": (f"{self.viclip.name} (VBench overall_consistency)" if self.viclip else
+                                   f"clip-frame-average ({self.clip.name}; VBench uses ViCLIP)" if self.clip else None)}
+
+    @property
+    def text_model(self) -> ViClipFeatures | ClipFeatures | None:
+        return self.viclip or self.clip
 
 
 def load_scorers(dino: str | None = DINO_ID, clip: str | None = CLIP_ID, aesthetic: str | None = None,
-                 interpolator: str = DEFAULT_INTERPOLATOR, device: str = "cpu", strict: bool = False) -> Scorers:
+                 interpolator: str = DEFAULT_INTERPOLATOR, device: str = "cpu", strict: bool = False,
+                 viclip: str | None = None, viclip_tokenizer: str = CLIP_ID) -> Scorers:
     """Load what is available. A model named explicitly (strict, or not the default id) must load; a default one
-    that is not in the hub cache is recorded as unavailable. None skips that model."""
+    that is not in the hub cache is recorded as unavailable. None skips that model. A ViCLIP checkpoint, when
+    given, must load and scores text alignment in place of CLIP."""
     scorers = Scorers(interpolator)
+    if viclip is not None:  # asked for by name: it loads or the run stops, before the other models load
+        scorers.viclip = ViClipFeatures(viclip, viclip_tokenizer, device)
 
     def attempt(what: str, dimensions: tuple[str, ...], default, value, build):
         if value is None:
@@ -74,6 +85,8 @@ def load_scorers(dino: str | None = DINO_ID, clip: str | None = CLIP_ID, aesthet
             scorers.unavailable["aesthetic_quality"] = "no LAION aesthetic head given (--aesthetic FILE)"
         else:
             scorers.aesthetic = load_aesthetic_head(aesthetic, dim=scorers.clip.model.config.projection_dim)
+    if scorers.viclip is not None:
+        scorers.unavailable.pop("text_alignment", None)
     return scorers
 
 
@@ -100,8 +113,8 @@ def vbench_scores(clip: LayeredClip, scorers: Scorers) -> dict:
                 scores["aesthetic_quality"].append(vbench.aesthetic_quality(scorers.clip.images(frames),
                                                                             scorers.aesthetic))
             if "text_alignment" in table and prompt:
-                scores["text_alignment"].append(vbench.text_alignment(scorers.clip.video(frames),
-                                                                      scorers.clip.text(prompt)))
+                scores["text_alignment"].append(vbench.text_alignment(scorers.text_model.video(frames),
+                                                                      scorers.text_model.text(prompt)))
         for d, values in scores.items():
             if values:
                 table[d][layer] = statistics.mean(values)

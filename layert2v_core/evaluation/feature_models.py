@@ -37,17 +37,31 @@ def _from_pretrained(cls, name: str, what: str, option: str, **kwargs):
             f"cache or a folder and pass {option} FOLDER") from None
 
 
-def _frames_to_tensor(frames: np.ndarray) -> torch.Tensor:
-    """uint8 [T, H, W, 3] -> float [T, 3, H, W] in [0, 1]."""
-    return torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float() / 255.0
+def resized_size(height: int, width: int, size: int) -> tuple[int, int]:
+    """torchvision's Resize(size) rule: the shorter side becomes `size`, the longer one is truncated, not rounded."""
+    if height <= width:
+        return size, int(size * width / height)
+    return int(size * height / width), size
 
 
-def _resize_shorter(images: torch.Tensor, size: int, mode: str) -> torch.Tensor:
-    """Resize so the shorter side is `size`, without antialiasing (as VBench's torchvision Resize on tensors)."""
-    h, w = images.shape[-2:]
-    scale = size / min(h, w)
-    new = (size, max(size, round(w * scale))) if h <= w else (max(size, round(h * scale)), size)
-    return F.interpolate(images, size=new, mode=mode, align_corners=False, antialias=False)
+def _resize_shorter(frames: np.ndarray, size: int, mode: str) -> torch.Tensor:
+    """uint8 [T, H, W, 3] -> float [T, 3, h, w] in [0, 1], the shorter side `size`: VBench's torchvision Resize on
+    uint8 tensors (no antialiasing, the result rounded back to 8 bits)."""
+    images = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float()
+    new = resized_size(*images.shape[-2:], size)
+    if new != tuple(images.shape[-2:]):
+        images = F.interpolate(images, size=new, mode=mode, align_corners=False, antialias=False)
+        images = images.clamp(0, 255).round()
+    return images / 255.0
+
+
+def clip_pixels(frames: np.ndarray, size: int = 224) -> torch.Tensor:
+    """VBench's clip_transform on uint8 frames [T, H, W, 3] -> [T, 3, size, size]: bicubic resize of the shorter
+    side, centre crop (offsets rounded half to even, as torchvision's CenterCrop), CLIP's normalisation."""
+    images = _resize_shorter(frames, size, "bicubic")
+    height, width = images.shape[-2:]
+    top, left = int(round((height - size) / 2.0)), int(round((width - size) / 2.0))
+    return _normalise(images[..., top:top + size, left:left + size], CLIP_MEAN, CLIP_STD)
 
 
 def _normalise(images: torch.Tensor, mean, std) -> torch.Tensor:
@@ -65,8 +79,7 @@ class DinoFeatures:
 
     @torch.no_grad()
     def __call__(self, frames: np.ndarray, batch: int = 16) -> torch.Tensor:
-        images = _normalise(_resize_shorter(_frames_to_tensor(frames), self.size, "bilinear"),
-                            IMAGENET_MEAN, IMAGENET_STD)
+        images = _normalise(_resize_shorter(frames, self.size, "bilinear"), IMAGENET_MEAN, IMAGENET_STD)
         out = [self.model(pixel_values=chunk.to(self.device), interpolate_pos_encoding=True).last_hidden_state[:, 0]
                for chunk in images.split(batch)]
         return torch.cat(out).float().cpu()
@@ -89,10 +102,7 @@ class ClipFeatures:
 
     @torch.no_grad()
     def images(self, frames: np.ndarray, batch: int = 16) -> torch.Tensor:
-        images = _resize_shorter(_frames_to_tensor(frames), self.size, "bicubic").clamp(0, 1)
-        h, w = images.shape[-2:]
-        top, left = (h - self.size) // 2, (w - self.size) // 2
-        images = _normalise(images[..., top:top + self.size, left:left + self.size], CLIP_MEAN, CLIP_STD)
+        images = clip_pixels(frames, self.size)
         out = [self._pooled(self.model.get_image_features(pixel_values=chunk.to(self.device)))
                for chunk in images.split(batch)]
         return torch.cat(out).float().cpu()

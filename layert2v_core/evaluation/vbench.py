@@ -73,9 +73,13 @@ def aesthetic_quality(image_features: torch.Tensor, head: torch.nn.Module) -> fl
 
 
 def middle_frames(count: int, wanted: int = 8) -> list[int]:
-    """Indices of `wanted` frames at the middles of equal segments of the clip (VBench's 'middle' sampling)."""
-    edges = np.linspace(0, count, wanted + 1)
-    return [min(count - 1, int((edges[i] + edges[i + 1]) / 2)) for i in range(wanted)]
+    """VBench's 'middle' sampling: split the clip into `wanted` integer-bounded segments, take each one's middle
+    (rounded down); a clip shorter than `wanted` gives all its frames, padded with the last."""
+    if count < 1:
+        raise ValueError("a clip needs at least one frame")
+    edges = np.linspace(0, count, min(wanted, count) + 1).astype(int)
+    picked = [int(start + end - 1) // 2 for start, end in zip(edges[:-1], edges[1:])]
+    return picked + [picked[-1]] * (wanted - len(picked))
 
 
 def text_alignment(video_features: torch.Tensor, text_features: torch.Tensor) -> float:
