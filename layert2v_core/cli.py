@@ -90,6 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--dtype", choices=list(DTYPES), default="auto", help="DiT / text encoder weight dtype")
     o.add_argument("--no-offload", action="store_true", help="keep every part on the device (more memory, faster)")
     o.add_argument("--quiet", action="store_true", help="no progress bar")
+    from .evaluation.command import add_parser as add_evaluate_parser
+    add_evaluate_parser(commands)
     return parser
 
 
@@ -173,4 +175,7 @@ def main(argv: list[str] | None = None) -> int:
             return generate(args)
         except (RequestError, ValueError, FileNotFoundError) as err:
             raise SystemExit(f"error: {err}")
+    if args.command == "evaluate":
+        from .evaluation.command import run as evaluate
+        return evaluate(args)
     return 2

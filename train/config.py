@@ -33,6 +33,7 @@ class TrainConfig:
     adapter: str = ""                   # stage 3: the stage-2 adapter to continue from
     routing_policy: str = "paper"       # paper, official or shared
     rope: str = "3d"                    # "4d": the official 4D RoPE (its training configs use 3d); kept in the adapter
+    layer_adaln: bool = True            # false: LayerAdaLN stays at zero (the paper's temporal-concatenation baseline)
     # optimisation (paper appendix A)
     lr: float = 1e-4                    # AdamW learning rate
     weight_decay: float = 0.01          # AdamW weight decay
