@@ -60,6 +60,7 @@ class LayerT2VTextEncode:
     OUTPUT_TOOLTIPS = ("Per-layer prompts and the negative, for the Layered Sampler.",
                        "The layer prompts as a ComfyUI CONDITIONING, for KSampler & co. on an Apply LayerT2V model.",
                        "The negative prompt, once per layer slot, for KSampler & co. on an Apply LayerT2V model.")
+    SEARCH_ALIASES = ["layers", "prompt", "clip text encode", "wan"]
     FUNCTION = "encode"
     CATEGORY = CATEGORY
     DESCRIPTION = "Encodes each layer's prompt on its own, packed in the order the layered cross-attention routes."
