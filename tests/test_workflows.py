@@ -9,8 +9,9 @@ import torch
 
 from layert2v_core.layers import LayerSpec
 from nodes import NODE_CLASS_MAPPINGS
-from workflows.build import (CORE_NODES, DEMO, PROFILES, WAN21, WORKFLOWS, all_node_types, api_path,
-                             frontend_sizes, is_widget, node_inputs, node_outputs, node_size, rendered, workflows_of)
+from workflows.build import (CORE_NODES, DEMO, PROFILES, TEMPLATE_TITLES, WAN21, WORKFLOWS, all_node_types,
+                             api_path, frontend_sizes, is_widget, node_inputs, node_outputs, node_size, rendered,
+                             workflows_of)
 
 ROOT = Path(__file__).resolve().parent.parent
 # What the test changes so every graph runs in seconds on a CPU; everything else runs as written. The demo graphs keep
@@ -197,7 +198,18 @@ def test_workflow_files_match_their_definition():
         assert path.is_file(), f"{relative} is missing; run python workflows/build.py"
         assert path.read_text(encoding="utf-8") == text, f"{relative} is stale; run python workflows/build.py"
     listed = {p.name for p in (ROOT / "example_workflows").glob("*.json")}
-    assert listed == {f"{name}.json" for name in WORKFLOWS}
+    assert listed == {f"{TEMPLATE_TITLES[name]}.json" for name in WORKFLOWS}
+
+
+def test_every_template_has_a_thumbnail_from_a_real_output():
+    """example_workflows/<title>.jpg for each template (made by workflows/thumbnails.py from the graph's outputs)."""
+    from PIL import Image
+    for name in WORKFLOWS:
+        path = ROOT / "example_workflows" / f"{TEMPLATE_TITLES[name]}.jpg"
+        assert path.is_file(), f"{path.name} is missing; run python workflows/thumbnails.py"
+        with Image.open(path) as image:
+            assert image.format == "JPEG" and min(image.size) >= 256
+            assert len(set(image.convert("L").getdata())) > 16  # a picture, not a blank card
 
 
 def test_every_node_type_has_a_size_measured_in_the_frontend():

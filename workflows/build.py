@@ -258,6 +258,14 @@ WORKFLOWS = {
     "layert2v_background_replacement": background_replacement,
     "layert2v_new_background_kept_foreground": new_background_kept_foreground,
 }
+# The template browser shows a custom node pack's template by its file name (title, and again as description, '-'
+# and '_' read as spaces) with `<name>.jpg` as its thumbnail: so the copies in example_workflows/ carry human names.
+TEMPLATE_TITLES = {
+    "layert2v_text_to_layers": "LayerT2V text to layers with alpha",
+    "layert2v_two_foregrounds": "LayerT2V two foregrounds with alpha",
+    "layert2v_background_replacement": "LayerT2V background replacement",
+    "layert2v_new_background_kept_foreground": "LayerT2V new background behind a kept foreground",
+}
 # On ComfyUI's own Wan stack: Wan2.1 files only until the demo model has 128-wide heads (ComfyUI reads heads as
 # dim / 128).
 NATIVE_WORKFLOWS = {
@@ -395,7 +403,7 @@ def rendered(node_classes: dict) -> dict[Path, str]:
             files[api_path(name, profile)] = json.dumps(api, indent=2, ensure_ascii=False) + "\n"
             files[Path("workflows/ui") / profile.folder / f"{name}.json"] = ui
             if profile is DEMO:  # the template browser gets the graphs that run with no downloads
-                files[Path("example_workflows") / f"{name}.json"] = ui
+                files[Path("example_workflows") / f"{TEMPLATE_TITLES[name]}.json"] = ui
     return files
 
 
