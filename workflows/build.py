@@ -111,7 +111,8 @@ WIDGET_TYPES = ("INT", "FLOAT", "STRING", "BOOLEAN", "COMBO")
 
 # Layout: each node gets the size ComfyUI's frontend gives it (measured by workflows/measure_nodes.py), in columns by
 # link depth, with room under the nodes that draw images: latent previews while sampling, saved previews after.
-SIZES_FILE = "node_sizes.json"
+# Not directly in workflows/: ComfyUI lists every *.json there as a template.
+SIZES_FILE = "frontend/node_sizes.json"
 GAP_X, GAP_Y, MARGIN = 60, 40, 40
 PREVIEW_ROOM = {  # node type -> (least width, extra height)
     "LayerT2VSampler": (0, 260), "KSampler": (0, 260),

@@ -3,8 +3,8 @@
     python workflows/measure_nodes.py --server http://127.0.0.1:8188 --cdp http://127.0.0.1:9222
 
 Needs a running ComfyUI with this node pack, a Chromium started with --remote-debugging-port, and python's
-playwright (which attaches to that browser over the DevTools protocol). Writes workflows/node_sizes.json, which
-workflows/build.py lays the graphs out with and tests/test_workflows.py checks every shipped graph against.
+playwright (which attaches to that browser over the DevTools protocol). Writes workflows/frontend/node_sizes.json,
+which workflows/build.py lays the graphs out with and tests/test_workflows.py checks every shipped graph against.
 """
 from __future__ import annotations
 
