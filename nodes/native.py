@@ -15,10 +15,13 @@ import torch
 
 from layert2v_core.checkpoints import load_adapter
 from layert2v_core.layers import ROUTING_POLICIES
+from layert2v_core.mask_vae import load_mask_vae
 from layert2v_core.native_wan import PROMPT_LENS_KEY, LayeredWan, layer_modulation, lora_state_dict
+from layert2v_core.vae import load_vae
 
-from .common import CATEGORY, LayerT2VInputError, readable_errors
-from .loaders import _adapter_choices, _adapter_path
+from . import host
+from .common import CATEGORY, VAE, LayerT2VInputError, LoadedVAE, readable_errors
+from .loaders import _adapter_choices, _adapter_path, _choices, _model_file
 
 NODE = "Apply LayerT2V"
 FROM_CHECKPOINT = "checkpoint"
@@ -118,7 +121,7 @@ class _SegmentModulation:
 
 
 class _LayeredForward:
-    """DIFFUSION_MODEL wrapper: one LayeredCall per forward, handed to the blocks and attention in transformer_options."""
+    """DIFFUSION_MODEL wrapper: one LayeredCall per forward, handed to blocks and attention in transformer_options."""
 
     def __init__(self, layered: LayeredWan):
         self.layered = layered
@@ -165,6 +168,36 @@ def _in_layer_latent_space(executor, noise, latent_image, *args, **kwargs):
     return latent_format.process_in(executor(noise, latent_image, *args, **kwargs))
 
 
+class LayerT2VAlphaVAE:
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "vae": ("VAE", {"tooltip": "ComfyUI's Wan2.1 VAE (Load VAE with wan_2.1_vae.safetensors)."}),
+            "alpha_vae_name": (_choices(host.ADAPTER_KIND, "vae"), {
+                "tooltip": "LayerT2V alpha-matte VAE adapter from models/layert2v (or models/vae): the official "
+                           "mask_vae_lora.pt or a LayerT2V mask VAE .safetensors, made for this Wan VAE."}),
+        }}
+
+    RETURN_TYPES = (VAE,)
+    RETURN_NAMES = ("vae",)
+    OUTPUT_TOOLTIPS = ("RGB + alpha VAEs for Encode Layers and Decode Layers.",)
+    FUNCTION = "load"
+    CATEGORY = CATEGORY
+    DESCRIPTION = ("The LayerT2V VAE pair from a VAE ComfyUI already loaded: its Wan2.1 weights, plus the alpha-matte "
+                   "adapter on top, so the Wan VAE file is read once.")
+    SEARCH_ALIASES = ["alpha", "matte", "RGBA", "layers", "vae"]
+
+    def load(self, vae, alpha_vae_name: str):
+        node = "LayerT2V Alpha VAE"
+        with readable_errors(node):
+            inner = getattr(vae, "first_stage_model", None)
+            if inner is None:
+                raise LayerT2VInputError(f"{node}: 'vae' is not a ComfyUI VAE (connect Load VAE)")
+            rgb = load_vae(inner.state_dict(), dtype=host.default_dtype(), device=host.offload_device())
+            mask_vae = load_mask_vae(rgb, _model_file(alpha_vae_name, "mask_vae", host.ADAPTER_KIND, "vae"))
+        return (LoadedVAE(rgb, mask_vae, None),)
+
+
 def native_conditioning(context: torch.Tensor, prompt_lens: torch.Tensor) -> list:
     """A ComfyUI CONDITIONING for one packed layered context: its prompt lengths ride along as a model input."""
     lens = prompt_lens.long().reshape(1, -1)
@@ -177,5 +210,5 @@ def native_conditioning(context: torch.Tensor, prompt_lens: torch.Tensor) -> lis
     return [[context.reshape(1, *context.shape[-2:]), {"model_conds": model_conds}]]
 
 
-NODE_CLASS_MAPPINGS = {"LayerT2VApply": LayerT2VApply}
-NODE_DISPLAY_NAME_MAPPINGS = {"LayerT2VApply": "Apply LayerT2V"}
+NODE_CLASS_MAPPINGS = {"LayerT2VApply": LayerT2VApply, "LayerT2VAlphaVAE": LayerT2VAlphaVAE}
+NODE_DISPLAY_NAME_MAPPINGS = {"LayerT2VApply": "Apply LayerT2V", "LayerT2VAlphaVAE": "LayerT2V Alpha VAE"}

@@ -6,7 +6,9 @@ Writes tiny models into the server's models folder (tests/comfy_models.populate_
 graph holding both paths on the same prompts, noise and sigmas:
 - native: Load Diffusion Model -> Apply LayerT2V -> CFGGuider -> SamplerCustomAdvanced (euler);
 - ours:   Load LayerT2V Model (same file + adapter) -> Layered Sampler (euler, the same SIGMAS).
-Velocity is compared through a one-step run (v = (x - out) / sigma), the sampled result through a full run. Both
+Velocity is compared through a one-step run (v = (x - out) / sigma), the sampled result through a full run. With
+--vae, a random Wan2.1-size VAE (which ComfyUI's Load VAE reads) decodes a sampled latent twice: through ComfyUI's
+Load VAE + LayerT2V Alpha VAE and through Load LayerT2V VAE on the same file; the saved frames must be identical. Both
 paths run fp32 on the CPU; ComfyUI's sinusoid is float32 where ours is float64 and its CPU attention is another
 kernel, so agreement is to float32 rounding: the check fails above TOLERANCE (relative to the largest value).
 """
@@ -67,6 +69,36 @@ def parity_graph(steps: int, prefix: str) -> dict:
     }
 
 
+CHECK_VAE, CHECK_ALPHA_VAE = "layert2v_check_wan_vae.safetensors", "layert2v_check_alpha_vae.safetensors"
+
+
+def write_wan_size_vae(models: Path) -> None:
+    """A random VAE of Wan2.1's size (ComfyUI builds its Wan VAE at dim 96) and an alpha VAE made for it."""
+    from layert2v_core.mask_vae import MaskVAE, MaskVAEConfig, save_mask_vae
+    from layert2v_core.vae import VAEConfig, WanVAE, save_vae
+    torch.manual_seed(0)
+    vae = WanVAE(VAEConfig())
+    save_vae(vae, models / "vae" / CHECK_VAE, dtype=torch.float16)
+    save_mask_vae(MaskVAE(vae, MaskVAEConfig(lora_rank=4, lora_alpha=4, proj_hidden=16, proj_res_blocks=1,
+                                             proj_use_attention=False)), models / "layert2v" / CHECK_ALPHA_VAE)
+
+
+def vae_graph(prefix: str) -> dict:
+    graph = {k: v for k, v in parity_graph(2, prefix).items() if int(k) <= 10}
+    graph.update({
+        "30": {"class_type": "VAELoader", "inputs": {"vae_name": CHECK_VAE}},
+        "31": {"class_type": "LayerT2VAlphaVAE", "inputs": {"vae": ["30", 0], "alpha_vae_name": CHECK_ALPHA_VAE}},
+        "32": {"class_type": "LayerT2VVAELoader", "inputs": {"vae_name": CHECK_VAE, "alpha_vae_name": CHECK_ALPHA_VAE,
+                                                             "tiling": "off", "tile_size": 256, "tile_overlap": 64}},
+    })
+    for decode, vae, name in (("33", "31", "comfy_vae"), ("35", "32", "own_vae")):
+        graph[decode] = {"class_type": "LayerT2VDecodeLayers", "inputs": {"vae": [vae, 0], "latent": ["10", 0],
+                                                                          "foreground_index": 1}}
+        graph[str(int(decode) + 1)] = {"class_type": "SaveImage", "inputs": {
+            "images": [decode, 4], "filename_prefix": f"{prefix}/{name}"}}  # the RGBA output: colour and alpha
+    return graph
+
+
 def run(server: str, graph: dict) -> float:
     """POST the graph, wait for it; seconds it took."""
     start = time.perf_counter()
@@ -92,6 +124,7 @@ def main() -> None:
     parser.add_argument("--comfy", type=Path, required=True, help="the ComfyUI folder the server runs from")
     parser.add_argument("--server", default="http://127.0.0.1:8188")
     parser.add_argument("--steps", type=int, default=8)
+    parser.add_argument("--vae", action="store_true", help="also decode through ComfyUI's own Load VAE")
     args = parser.parse_args()
     populate_native_models(args.comfy / "models")
     from layert2v_core.sampling import partial_flow_sigmas, seeded_noise
@@ -110,6 +143,19 @@ def main() -> None:
         failed |= not error <= TOLERANCE
         print(f"{what}: max |native - ours| / max |ours| = {error:.2e} (tolerance {TOLERANCE:.0e}); "
               f"shape {tuple(ours.shape)}, both paths {seconds:.1f} s")
+    if args.vae:
+        import numpy as np
+        from PIL import Image
+        write_wan_size_vae(args.comfy / "models")
+        seconds = run(args.server, vae_graph("layert2v_parity_vae"))
+        folder = args.comfy / "output" / "layert2v_parity_vae"
+        frames = {name: [np.asarray(Image.open(p)) for p in sorted(folder.glob(f"{name}_*.png"))[-5:]]
+                  for name in ("comfy_vae", "own_vae")}
+        same = len(frames["comfy_vae"]) == 5 and all(
+            (a == b).all() for a, b in zip(frames["comfy_vae"], frames["own_vae"]))
+        failed |= not same
+        print(f"Decode Layers through ComfyUI's Load VAE + LayerT2V Alpha VAE vs Load LayerT2V VAE: "
+              f"{'identical' if same else 'DIFFERENT'} RGBA frames ({frames['comfy_vae'][0].shape}), {seconds:.1f} s")
     raise SystemExit(1 if failed else 0)
 
 

@@ -106,3 +106,20 @@ def test_native_conditioning_carries_the_prompt_lengths():
     (context, extra), = native_conditioning(torch.zeros(1, 7, 4), torch.tensor([[3, 2, 2]]))
     assert context.shape == (1, 7, 4)
     assert extra["model_conds"]["layert2v_prompt_lens"].tolist() == [[3, 2, 2]]
+
+
+def test_alpha_vae_node_builds_the_pair_from_a_loaded_vae(comfy_folders):
+    """LayerT2V Alpha VAE reads ComfyUI's loaded VAE (its first_stage_model holds Wan's original key layout)."""
+    from types import SimpleNamespace
+
+    from layert2v_core.vae import load_vae
+    from nodes.native import LayerT2VAlphaVAE
+    from workflows.build import ALPHA_VAE, VAE
+    from_file = load_vae(comfy_folders[0] / "vae" / VAE)
+    loaded = SimpleNamespace(first_stage_model=from_file)  # what ComfyUI's VAE object carries
+    pair = LayerT2VAlphaVAE().load(loaded, ALPHA_VAE)[0]
+    latent = torch.randn(1, 16, 2, 4, 4, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(pair.vae.decode(latent), from_file.decode(latent), rtol=0, atol=0)
+    assert pair.vae is not from_file and pair.tile is None
+    with pytest.raises(ValueError, match="not a ComfyUI VAE"):
+        LayerT2VAlphaVAE().load(object(), ALPHA_VAE)

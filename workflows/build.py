@@ -97,6 +97,7 @@ CORE_NODES = {
                    "outputs": ["MODEL"]},
     "CLIPLoader": {"inputs": [("clip_name", [TEXT_ENCODER], {}), ("type", ["wan"], {}),
                               ("device", ["default", "cpu"], {})], "outputs": ["CLIP"]},
+    "VAELoader": {"inputs": [("vae_name", [VAE], {})], "outputs": ["VAE"]},
     "ModelSamplingSD3": {"inputs": [("model", "MODEL", None), ("shift", "FLOAT", {"min": 0.0, "max": 100.0})],
                          "outputs": ["MODEL"]},
     "KSampler": {"inputs": [("model", "MODEL", None),
@@ -213,7 +214,8 @@ def new_background_kept_foreground(p: Profile) -> dict:
 
 
 def _native(p: Profile, prompts: tuple, seed: int, prefix: str) -> dict:
-    """ComfyUI's own Wan2.1 stack (Load Diffusion Model, Load CLIP, KSampler) with Apply LayerT2V in front."""
+    """ComfyUI's own Wan2.1 stack (Load Diffusion Model, Load CLIP, KSampler, Load VAE) with Apply LayerT2V in front
+    and the alpha VAE on top of the loaded VAE."""
     full, bg, fgs = prompts
     n = len(fgs)
     width, height, frames = p.size
@@ -234,18 +236,18 @@ def _native(p: Profile, prompts: tuple, seed: int, prefix: str) -> dict:
               "inputs": {"model": ["3", 0], "seed": seed, "steps": p.sampling["steps"], "cfg": p.sampling["cfg"],
                          "sampler_name": "uni_pc", "scheduler": "simple", "positive": ["5", 1],
                          "negative": ["5", 2], "latent_image": ["6", 0], "denoise": 1.0}},
-        "8": {"class_type": "LayerT2VVAELoader",
-              "inputs": {"vae_name": p.files["vae_name"], "alpha_vae_name": p.files["alpha_vae_name"],
-                         "tiling": "off", "tile_size": 256, "tile_overlap": 64}},
-        "9": {"class_type": "LayerT2VDecodeLayers", "inputs": {"vae": ["8", 0], "latent": ["7", 0],
+        "8": {"class_type": "VAELoader", "inputs": {"vae_name": p.files["vae_name"]}},
+        "9": {"class_type": "LayerT2VAlphaVAE",
+              "inputs": {"vae": ["8", 0], "alpha_vae_name": p.files["alpha_vae_name"]}},
+        "10": {"class_type": "LayerT2VDecodeLayers", "inputs": {"vae": ["9", 0], "latent": ["7", 0],
                                                                "foreground_index": 1}},
-        **_save_layers(p, "10", ["9", 5], f"LayerT2V/{prefix}"),
+        **_save_layers(p, "11", ["10", 5], f"LayerT2V/{prefix}"),
     }
 
 
 def native_text_to_layers(p: Profile) -> dict:
     graph = _native(p, p.prompts["text_to_layers"][0], seed=42, prefix="native_text_to_layers")
-    graph.update(_save_webp(p, "11", ["9", 4], "LayerT2V/native_text_to_layers_rgba"))
+    graph.update(_save_webp(p, "12", ["10", 4], "LayerT2V/native_text_to_layers_rgba"))
     return graph
 
 
@@ -387,8 +389,8 @@ def ui_workflow(api: dict, node_classes: dict) -> dict:
         outputs = [{"name": name, "type": kind, "links": outgoing.get((number, slot), []), "slot_index": slot}
                    for slot, (name, kind) in enumerate(node_outputs(class_type, node_classes))]
         pos, size = placed[key]
-        nodes.append({"id": number, "type": class_type, "pos": pos, "size": size, "flags": {}, "order": order, "mode": 0, "inputs": inputs,
-                      "outputs": outputs, "properties": {"Node name for S&R": class_type},
+        nodes.append({"id": number, "type": class_type, "pos": pos, "size": size, "flags": {}, "order": order,
+                      "mode": 0, "inputs": inputs, "outputs": outputs, "properties": {"Node name for S&R": class_type},
                       "widgets_values": widgets})
     return {"last_node_id": len(nodes), "last_link_id": len(links), "nodes": nodes, "links": links, "groups": [],
             "config": {}, "extra": {}, "version": 0.4}
