@@ -78,8 +78,7 @@ def _wan_model(model):
     """ComfyUI's WanModel inside a MODEL; a clear error for anything else."""
     import comfy.ldm.wan.model as wan_module
     inner = getattr(getattr(model, "model", None), "diffusion_model", None)
-    if not isinstance(inner, wan_module.WanModel) or type(inner) is not wan_module.WanModel \
-            or getattr(inner, "img_emb", None) is not None:
+    if type(inner) is not wan_module.WanModel or inner.img_emb is not None:  # VACE, I2V ... are other models
         found = type(inner).__name__ if inner is not None else type(model).__name__
         raise LayerT2VInputError(f"{NODE}: 'model' must be Wan2.1 text-to-video (Load Diffusion Model with a Wan2.1 "
                                  f"T2V file), got {found}")
