@@ -213,7 +213,15 @@ def test_every_template_has_a_thumbnail_from_a_real_output():
 
 
 def test_every_node_type_has_a_size_measured_in_the_frontend():
-    assert all_node_types() <= set(frontend_sizes()["sizes"]), "run python workflows/measure_nodes.py"
+    """Measured for each node type, with the widgets it has now (a node that gains widgets grows taller)."""
+    measured = frontend_sizes()
+    assert all_node_types() <= set(measured["sizes"]), "run python workflows/measure_nodes.py"
+    for class_type in all_node_types():
+        widgets = sum(1 + bool((options or {}).get("control_after_generate"))
+                      for _, kind, options in node_inputs(class_type, NODE_CLASS_MAPPINGS) if is_widget(kind))
+        assert widgets == measured["widgets"][class_type], \
+            f"{class_type} now has {widgets} widgets, {measured['widgets'][class_type]} when measured: run " \
+            f"python workflows/measure_nodes.py, then python workflows/build.py"
 
 
 @pytest.mark.parametrize("relative", sorted(str(p) for p in rendered(NODE_CLASS_MAPPINGS) if "ui" in p.parts

@@ -19,16 +19,17 @@ sys.path.insert(0, str(HERE.parent))
 from workflows.build import SIZES_FILE, all_node_types  # noqa: E402
 
 MEASURE = """(types) => {
-    const sizes = {};
+    const sizes = {}, widgets = {};
     for (const type of types) {
         const node = LiteGraph.createNode(type);
         if (!node) throw new Error(`the frontend does not know node type ${type}`);
         app.graph.add(node);
         sizes[type] = Array.from(node.size, Math.ceil);
+        widgets[type] = (node.widgets || []).length;
         app.graph.remove(node);
     }
     return {frontend: window.__COMFYUI_FRONTEND_VERSION__ || "unknown", title_height: LiteGraph.NODE_TITLE_HEIGHT,
-            sizes};
+            sizes, widgets};
 }"""
 
 
@@ -46,9 +47,12 @@ def main() -> None:
         page.wait_for_function("window.app && window.app.graph && window.LiteGraph", timeout=60_000)
         measured = page.evaluate(MEASURE, sorted(all_node_types()))
         page.close()
+    # One line per node type: [width, height] and, to tell when a node's widgets change, how many it has.
     rows = ",\n".join(f"    {json.dumps(k)}: {json.dumps(v)}" for k, v in sorted(measured["sizes"].items()))
-    head = json.dumps({k: v for k, v in measured.items() if k != "sizes"})[:-1]
-    (HERE / SIZES_FILE).write_text(f'{head}, "sizes": {{\n{rows}\n}}}}\n', encoding="utf-8")
+    counts = ",\n".join(f"    {json.dumps(k)}: {v}" for k, v in sorted(measured["widgets"].items()))
+    head = json.dumps({k: v for k, v in measured.items() if k not in ("sizes", "widgets")})[:-1]
+    (HERE / SIZES_FILE).write_text(f'{head}, "sizes": {{\n{rows}\n}}, "widgets": {{\n{counts}\n}}}}\n',
+                                   encoding="utf-8")
     print(f"{len(measured['sizes'])} node sizes from frontend {measured['frontend']} -> workflows/{SIZES_FILE}")
 
 
