@@ -5,12 +5,14 @@ One folder per sample:
   fg{i}.mp4, alpha{i}.mp4         straight foreground colour and its matte (white = opaque) as plain videos
   fg{i}_rgba.webm / .mov / _png/  straight RGBA: VP9 with alpha, ProRes 4444 with alpha, RGBA PNG sequence
   preview.mp4                     side by side: full | background | each fg over a checkerboard | each alpha
+  preview.webp                    (optional) the same, labelled and scaled up for display (ComfyUI shows it)
   manifest.json                   prompts, seed, settings, model hashes, layer-consistency error
 The folder is written aside and swapped in when complete: a reader (or a rerun after a kill) sees the old sample
 or the new one, never a mix; temporaries that killed runs left beside it are removed.
 """
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 from typing import Mapping, Sequence
@@ -20,9 +22,11 @@ import torch
 from .atomic import write_json, writing_folder
 from .composite import over_background
 from .pipeline import LayeredVideo
-from .video_io import write_video
+from .video_io import write_animated_webp, write_video
 
 RGBA_FORMATS = {"webm": "_rgba.webm", "mov": "_rgba.mov", "png": "_rgba_png"}
+DISPLAY_HEIGHT = 256  # a display preview is at least this tall, so a 48-pixel sample is not a dot in the UI
+WEBP_PREVIEW = "preview.webp"
 
 
 def checkerboard(height: int, width: int, cell: int = 8) -> torch.Tensor:
@@ -65,19 +69,57 @@ def check_finite(result: LayeredVideo) -> None:
                          f"(decoded layers always are: check the code that built or edited them)")
 
 
+def preview_labels(result: LayeredVideo) -> list[str]:
+    """The name of each tile of `preview`, left to right."""
+    count = len(result.foregrounds)
+    return ["full", "background"] + [f"foreground {i}" for i in range(1, count + 1)] + \
+        [f"alpha {i}" for i in range(1, count + 1)]
+
+
+def display_preview(result: LayeredVideo, min_height: int = DISPLAY_HEIGHT) -> torch.Tensor:
+    """`preview` scaled up by a whole factor (nearest neighbour, pixels stay sharp) to at least `min_height` pixels
+    tall, with a band naming each tile above it: [3, T, band + H * factor, N * W * factor]."""
+    strip = preview(result)
+    factor = max(1, math.ceil(min_height / strip.shape[-2]))
+    strip = strip.repeat_interleave(factor, dim=-2).repeat_interleave(factor, dim=-1)
+    band = label_band(preview_labels(result), result.full.shape[-1] * factor)
+    return torch.cat([band.expand(-1, strip.shape[1], -1, -1), strip], dim=-2)
+
+
+def label_band(labels: Sequence[str], tile_width: int, height: int = 24) -> torch.Tensor:
+    """A dark band [3, 1, height, len(labels) * tile_width] with each label centred over its tile."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    band = Image.new("RGB", (tile_width * len(labels), height), (34, 34, 34))
+    draw = ImageDraw.Draw(band)
+    try:
+        font = ImageFont.load_default(size=height * 2 // 3)
+    except TypeError:  # Pillow before 10.1: one fixed-size bitmap font
+        font = ImageFont.load_default()
+    for i, label in enumerate(labels):
+        left, top, right, bottom = draw.textbbox((0, 0), label, font=font)
+        x = i * tile_width + (tile_width - (right - left)) // 2 - left
+        draw.text((x, (height - (bottom - top)) // 2 - top), label, fill=(235, 235, 235), font=font)
+    pixels = torch.frombuffer(bytearray(band.tobytes()), dtype=torch.uint8).reshape(height, -1, 3)
+    return (pixels.permute(2, 0, 1).float() / 255).unsqueeze(1)
+
+
 def save_layers(result: LayeredVideo, folder: str | os.PathLike, fps: float = 16.0,
-                rgba_formats: Sequence[str] = ("webm", "mov"), manifest: Mapping | None = None) -> dict[str, str]:
-    """Write every layer of `result` into `folder`; returns {role: file name} (also stored in manifest.json)."""
+                rgba_formats: Sequence[str] = ("webm", "mov"), manifest: Mapping | None = None,
+                webp_preview: bool = False) -> dict[str, str]:
+    """Write every layer of `result` into `folder`; returns {role: file name} (also stored in manifest.json).
+
+    webp_preview: also write `preview.webp`, the labelled display preview (what ComfyUI shows under Save Layers)."""
     unknown = [f for f in rgba_formats if f not in RGBA_FORMATS]
     if unknown:
         raise ValueError(f"unknown RGBA format(s) {unknown}; choose from {list(RGBA_FORMATS)}")
     check_finite(result)
     with writing_folder(folder) as work:
-        return _write_sample(result, work, fps, rgba_formats, manifest)
+        return _write_sample(result, work, fps, rgba_formats, manifest, webp_preview)
 
 
 def _write_sample(result: LayeredVideo, folder: Path, fps: float, rgba_formats: Sequence[str],
-                  manifest: Mapping | None) -> dict[str, str]:
+                  manifest: Mapping | None, webp_preview: bool) -> dict[str, str]:
     files: dict[str, str] = {}
 
     def put(role: str, name: str, video: torch.Tensor) -> None:
@@ -92,6 +134,9 @@ def _write_sample(result: LayeredVideo, folder: Path, fps: float, rgba_formats: 
         for fmt in rgba_formats:
             put(f"fg{i}_rgba_{fmt}", f"fg{i}{RGBA_FORMATS[fmt]}", result.rgba(i))
     put("preview", "preview.mp4", preview(result))
+    if webp_preview:
+        write_animated_webp(display_preview(result), folder / WEBP_PREVIEW, fps)
+        files["preview_webp"] = WEBP_PREVIEW
     record = {
         "layers": result.spec.segments, "num_foregrounds": result.spec.num_foregrounds,
         "alpha": "straight colour; alpha 1 = opaque foreground", "fps": fps, "files": files,

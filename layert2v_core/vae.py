@@ -406,13 +406,18 @@ _DIFFUSERS_MARKER = "decoder.mid_block.resnets.0.norm1.gamma"
 _WAN22_MARKERS = ("decoder.upsamples.0.upsamples.0.residual.2.weight", "decoder.up_blocks.0.avg_shortcut")
 
 
-def load_vae(path: str | os.PathLike, dtype: torch.dtype | None = None, device="cpu") -> WanVAE:
+def load_vae(path: str | os.PathLike | Mapping[str, torch.Tensor], dtype: torch.dtype | None = None,
+             device="cpu") -> WanVAE:
     """Load a Wan2.1 VAE from `Wan2.1_VAE.pth`, ComfyUI's `wan_2.1_vae.safetensors`, or a diffusers
-    `AutoencoderKLWan` file / folder. The architecture is read from the weights; dtype None keeps the file's."""
-    source = open_weights(path)
+    `AutoencoderKLWan` file / folder, or from such a VAE's tensors themselves (the state dict of ComfyUI's loaded
+    VAE). The architecture is read from the weights; dtype None keeps the file's."""
+    given = isinstance(path, Mapping)
+    source = path if given else open_weights(path)
+    path = "the given VAE tensors" if given else path
     fmt, names = _detect_layout(source, path)  # names: original-layout key -> file key
     config = infer_vae_config({k: (lambda sk=sk: source[sk]) for k, sk in names.items()}, path, fmt)
-    stats = json.loads(source.metadata.get(STATS_KEY, "{}"))  # a VAE of our own carries its latent statistics
+    # A VAE of our own carries its latent statistics.
+    stats = json.loads(getattr(source, "metadata", {}).get(STATS_KEY, "{}"))
     if stats:
         config = dataclasses.replace(config, latent_mean=tuple(stats["latent_mean"]),
                                      latent_std=tuple(stats["latent_std"]))

@@ -1,9 +1,9 @@
 """LayerT2V ComfyUI nodes: thin wrappers over `layert2v_core`. The only package that imports `comfy`."""
-from . import composite, host, latent, layers, loaders, sampler, save, text
+from . import composite, host, latent, layers, loaders, native, sampler, save, text
 
 host.register_model_folder()
 
-_MODULES = (loaders, text, latent, sampler, layers, composite, save)
+_MODULES = (loaders, native, text, latent, sampler, layers, composite, save)
 NODE_CLASS_MAPPINGS: dict = {}
 NODE_DISPLAY_NAME_MAPPINGS: dict = {}
 for _module in _MODULES:

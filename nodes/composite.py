@@ -26,6 +26,7 @@ class LayerT2VComposite:
     RETURN_TYPES = ("IMAGE",)
     RETURN_NAMES = ("image",)
     OUTPUT_TOOLTIPS = ("Every foreground over the background, foreground 1 at the bottom.",)
+    SEARCH_ALIASES = ["alpha", "matte", "RGBA", "layers", "over", "background replacement"]
     FUNCTION = "composite"
     CATEGORY = CATEGORY
     DESCRIPTION = "Background replacement: puts all generated foregrounds (with their alpha) over a new background."

@@ -29,6 +29,7 @@ class LayerT2VEmptyLatent:
     RETURN_TYPES = ("LATENT",)
     RETURN_NAMES = ("latent",)
     OUTPUT_TOOLTIPS = ("Serialized layered latent [full | background | fg1 | alpha1 | ...] along time.",)
+    SEARCH_ALIASES = ["layers", "empty latent", "video latent"]
     FUNCTION = "generate"
     CATEGORY = CATEGORY
     DESCRIPTION = "An empty layered latent: full video, background and N foreground + alpha segments along time."

@@ -45,6 +45,7 @@ class LayerT2VEncodeLayers:
     RETURN_TYPES = ("LATENT",)
     RETURN_NAMES = ("latent",)
     OUTPUT_TOOLTIPS = ("The layered latent with the given layers in place, for the Layered Sampler.",)
+    SEARCH_ALIASES = ["alpha", "matte", "RGBA", "layers", "keep layer", "encode video"]
     FUNCTION = "encode"
     CATEGORY = CATEGORY
     DESCRIPTION = ("Layer-conditioned generation: the connected layers are encoded and kept while the sampler "
@@ -118,6 +119,7 @@ class LayerT2VDecodeLayers:
         "animated PNG/WEBP.",
         "All decoded layers, for Composite Layers and Save Layers.",
     )
+    SEARCH_ALIASES = ["alpha", "matte", "RGBA", "layers", "transparent", "foreground", "decode video"]
     FUNCTION = "decode"
     CATEGORY = CATEGORY
     DESCRIPTION = "Decodes every layer of a layered latent: full, background, foregrounds and their alpha mattes."

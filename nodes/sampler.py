@@ -64,6 +64,7 @@ class LayerT2VSampler:
     RETURN_TYPES = ("LATENT",)
     RETURN_NAMES = ("latent",)
     OUTPUT_TOOLTIPS = ("The generated layered latent; decode it with Decode Layers.",)
+    SEARCH_ALIASES = ["layers", "ksampler", "wan"]
     FUNCTION = "sample"
     CATEGORY = CATEGORY
     DESCRIPTION = "Generates full video, background, foregrounds and alpha mattes in one flow-matching pass."

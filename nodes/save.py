@@ -6,9 +6,8 @@ from pathlib import Path
 
 import torch
 
-from layert2v_core.export import preview, save_layers
+from layert2v_core.export import WEBP_PREVIEW, save_layers
 from layert2v_core.paths import inside
-from layert2v_core.video_io import write_animated_webp
 
 from . import host
 from .common import CATEGORY, LAYERS, LayerT2VInputError, readable_errors
@@ -20,7 +19,7 @@ RGBA_CHOICES = {
     "webm + mov": ("webm", "mov"),
     "all": ("webm", "mov", "png"),
 }
-PREVIEW_NAME = "preview.webp"
+PREVIEW_NAME = WEBP_PREVIEW
 
 
 class LayerT2VSaveLayers:
@@ -41,6 +40,7 @@ class LayerT2VSaveLayers:
 
     RETURN_TYPES = ()
     OUTPUT_NODE = True
+    SEARCH_ALIASES = ["alpha", "matte", "RGBA", "layers", "save video", "webm", "prores"]
     FUNCTION = "save"
     CATEGORY = CATEGORY
     DESCRIPTION = ("Writes full.mp4, background.mp4, fg{i}.mp4, alpha{i}.mp4 (white = opaque), RGBA files and "
@@ -53,8 +53,8 @@ class LayerT2VSaveLayers:
             root = host.output_directory()
             folder = next_folder(root, filename_prefix)
             save_layers(layers, folder, fps=float(fps), rgba_formats=RGBA_CHOICES[rgba_format],
-                        manifest={"mask_output": "Decode Layers' MASK output is 1 - alpha (ComfyUI convention)"})
-            write_animated_webp(preview(layers), folder / PREVIEW_NAME, fps)
+                        manifest={"mask_output": "Decode Layers' MASK output is 1 - alpha (ComfyUI convention)"},
+                        webp_preview=True)
         subfolder = folder.relative_to(root).as_posix()
         return {"ui": {"images": [{"filename": PREVIEW_NAME, "subfolder": subfolder, "type": "output"}],
                        "animated": (True,)}}

@@ -16,6 +16,7 @@ from layert2v_core.text import (encode_layer_prompts, layer_prompts, negative_pr
 
 from . import host
 from .common import CATEGORY, CONDITIONING, TEXT_ENCODER, LayeredConditioning, LayerT2VInputError, readable_errors
+from .native import native_conditioning
 
 NODE = "Layer Text Encode"
 UMT5_KEY = "umt5xxl"  # ComfyUI's token dict key for the umt5 tokenizer (CLIP type wan)
@@ -54,9 +55,12 @@ class LayerT2VTextEncode:
             },
         }
 
-    RETURN_TYPES = (CONDITIONING,)
-    RETURN_NAMES = ("conditioning",)
-    OUTPUT_TOOLTIPS = ("Per-layer prompts and the negative, for the Layered Sampler.",)
+    RETURN_TYPES = (CONDITIONING, "CONDITIONING", "CONDITIONING")
+    RETURN_NAMES = ("conditioning", "positive", "negative")
+    OUTPUT_TOOLTIPS = ("Per-layer prompts and the negative, for the Layered Sampler.",
+                       "The layer prompts as a ComfyUI CONDITIONING, for KSampler & co. on an Apply LayerT2V model.",
+                       "The negative prompt, once per layer slot, for KSampler & co. on an Apply LayerT2V model.")
+    SEARCH_ALIASES = ["layers", "prompt", "clip text encode", "wan"]
     FUNCTION = "encode"
     CATEGORY = CATEGORY
     DESCRIPTION = "Encodes each layer's prompt on its own, packed in the order the layered cross-attention routes."
@@ -78,7 +82,14 @@ class LayerT2VTextEncode:
             else:
                 text = encode_with_comfy_clip(clip, spec, full_prompt, background_prompt, foregrounds,
                                               negative_prompt)
-        return (LayeredConditioning(num_foregrounds, text),)
+        return (LayeredConditioning(num_foregrounds, text), *_native_pair(text))
+
+
+def _native_pair(text) -> tuple[list, list]:
+    """Positive and negative CONDITIONING, both cut to the same real rows so ComfyUI can batch them together."""
+    rows = int(max(text.prompt_lens.sum(-1).max(), text.negative_prompt_lens.sum(-1).max()))
+    return (native_conditioning(text.context[:, :rows], text.prompt_lens),
+            native_conditioning(text.negative_context[:, :rows], text.negative_prompt_lens))
 
 
 @contextlib.contextmanager

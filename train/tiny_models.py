@@ -43,15 +43,17 @@ def example_sentences(words: Iterable[str] = DEFAULT_WORDS, count: int = 400, se
 
 
 def write_text_encoder(path: str | os.PathLike, sentences: Iterable[str], d_model: int = 32, layers: int = 2,
-                       heads: int = 2, seed: int = 0) -> Path:
-    """A random umt5 encoder in ComfyUI's single-file layout, its tokenizer inside as `spiece_model`."""
+                       heads: int = 2, seed: int = 0, d_kv: int | None = None, d_ff: int | None = None) -> Path:
+    """A random umt5 encoder in ComfyUI's single-file layout, its tokenizer inside as `spiece_model`.
+
+    d_kv / d_ff default to d_model / heads and 2 * d_model; small ones keep a 4096-wide (umt5-xxl-wide) encoder tiny."""
     from transformers import UMT5Config, UMT5EncoderModel
 
     model_bytes = sentencepiece_model(sentences)
     import sentencepiece
     vocab = sentencepiece.SentencePieceProcessor(model_proto=model_bytes).get_piece_size()
     torch.manual_seed(seed)
-    config = UMT5Config(vocab_size=vocab, d_model=d_model, d_kv=d_model // heads, d_ff=2 * d_model,
+    config = UMT5Config(vocab_size=vocab, d_model=d_model, d_kv=d_kv or d_model // heads, d_ff=d_ff or 2 * d_model,
                         num_layers=layers, num_heads=heads)
     model = UMT5EncoderModel(config)
     state = {k: v.contiguous() for k, v in model.state_dict().items() if k != "encoder.embed_tokens.weight"}

@@ -91,8 +91,34 @@ CORE_NODES = {
                                     ("fps", "FLOAT", {}), ("lossless", "BOOLEAN", {}), ("quality", "INT", {}),
                                     ("method", ["default", "fastest", "slowest"], {})], "outputs": []},
     "JoinImageWithAlpha": {"inputs": [("image", "IMAGE", None), ("alpha", "MASK", None)], "outputs": ["IMAGE"]},
+    # The native path: ComfyUI's own Wan2.1 loaders and sampler (combo lists hold the values the graphs use).
+    "UNETLoader": {"inputs": [("unet_name", [DIT], {}),
+                              ("weight_dtype", ["default", "fp8_e4m3fn", "fp8_e4m3fn_fast", "fp8_e5m2"], {})],
+                   "outputs": ["MODEL"]},
+    "CLIPLoader": {"inputs": [("clip_name", [TEXT_ENCODER], {}), ("type", ["wan"], {}),
+                              ("device", ["default", "cpu"], {})], "outputs": ["CLIP"]},
+    "VAELoader": {"inputs": [("vae_name", [VAE], {})], "outputs": ["VAE"]},
+    "ModelSamplingSD3": {"inputs": [("model", "MODEL", None), ("shift", "FLOAT", {"min": 0.0, "max": 100.0})],
+                         "outputs": ["MODEL"]},
+    "KSampler": {"inputs": [("model", "MODEL", None),
+                            ("seed", "INT", {"min": 0, "max": 2 ** 64 - 1, "control_after_generate": True}),
+                            ("steps", "INT", {"min": 1, "max": 10000}), ("cfg", "FLOAT", {"min": 0.0, "max": 100.0}),
+                            ("sampler_name", ["euler", "uni_pc", "dpmpp_2m"], {}),
+                            ("scheduler", ["simple", "normal", "beta"], {}), ("positive", "CONDITIONING", None),
+                            ("negative", "CONDITIONING", None), ("latent_image", "LATENT", None),
+                            ("denoise", "FLOAT", {"min": 0.0, "max": 1.0})], "outputs": ["LATENT"]},
 }
 WIDGET_TYPES = ("INT", "FLOAT", "STRING", "BOOLEAN", "COMBO")
+
+# Layout: each node gets the size ComfyUI's frontend gives it (measured by workflows/measure_nodes.py), in columns by
+# link depth, with room under the nodes that draw images: latent previews while sampling, saved previews after.
+# Not directly in workflows/: ComfyUI lists every *.json there as a template.
+SIZES_FILE = "frontend/node_sizes.json"
+GAP_X, GAP_Y, MARGIN = 60, 40, 40
+PREVIEW_ROOM = {  # node type -> (least width, extra height)
+    "LayerT2VSampler": (0, 260), "KSampler": (0, 260),
+    "LayerT2VSaveLayers": (720, 300), "SaveAnimatedWEBP": (320, 320),
+}
 
 
 def _loaders(p: Profile) -> dict:
@@ -187,12 +213,72 @@ def new_background_kept_foreground(p: Profile) -> dict:
     return graph
 
 
+def _native(p: Profile, prompts: tuple, seed: int, prefix: str) -> dict:
+    """ComfyUI's own Wan2.1 stack (Load Diffusion Model, Load CLIP, KSampler, Load VAE) with Apply LayerT2V in front
+    and the alpha VAE on top of the loaded VAE."""
+    full, bg, fgs = prompts
+    n = len(fgs)
+    width, height, frames = p.size
+    return {
+        "1": {"class_type": "UNETLoader", "inputs": {"unet_name": p.files["model_name"], "weight_dtype": "default"}},
+        "2": {"class_type": "LayerT2VApply", "inputs": {"model": ["1", 0], "adapter_name": p.files["adapter_name"],
+                                                        "strength": 1.0, "routing": "checkpoint"}},
+        "3": {"class_type": "ModelSamplingSD3", "inputs": {"model": ["2", 0], "shift": p.sampling["shift"]}},
+        "4": {"class_type": "CLIPLoader", "inputs": {"clip_name": p.files["text_encoder_name"], "type": "wan",
+                                                     "device": "default"}},
+        "5": {"class_type": "LayerT2VTextEncode",
+              "inputs": {"num_foregrounds": n, "full_prompt": full, "background_prompt": bg,
+                         "foreground_1": fgs[0], "foreground_2": fgs[1] if n > 1 else "",
+                         "foreground_3": fgs[2] if n > 2 else "", "negative_prompt": "", "clip": ["4", 0]}},
+        "6": {"class_type": "LayerT2VEmptyLatent",
+              "inputs": {"width": width, "height": height, "frames": frames, "num_foregrounds": n}},
+        "7": {"class_type": "KSampler",
+              "inputs": {"model": ["3", 0], "seed": seed, "steps": p.sampling["steps"], "cfg": p.sampling["cfg"],
+                         "sampler_name": "uni_pc", "scheduler": "simple", "positive": ["5", 1],
+                         "negative": ["5", 2], "latent_image": ["6", 0], "denoise": 1.0}},
+        "8": {"class_type": "VAELoader", "inputs": {"vae_name": p.files["vae_name"]}},
+        "9": {"class_type": "LayerT2VAlphaVAE",
+              "inputs": {"vae": ["8", 0], "alpha_vae_name": p.files["alpha_vae_name"]}},
+        "10": {"class_type": "LayerT2VDecodeLayers", "inputs": {"vae": ["9", 0], "latent": ["7", 0],
+                                                               "foreground_index": 1}},
+        **_save_layers(p, "11", ["10", 5], f"LayerT2V/{prefix}"),
+    }
+
+
+def native_text_to_layers(p: Profile) -> dict:
+    graph = _native(p, p.prompts["text_to_layers"][0], seed=42, prefix="native_text_to_layers")
+    graph.update(_save_webp(p, "12", ["10", 4], "LayerT2V/native_text_to_layers_rgba"))
+    return graph
+
+
+def native_two_foregrounds(p: Profile) -> dict:
+    return _native(p, p.prompts["two_foregrounds"][0], seed=7, prefix="native_two_foregrounds")
+
+
 WORKFLOWS = {
     "layert2v_text_to_layers": text_to_layers,
     "layert2v_two_foregrounds": two_foregrounds,
     "layert2v_background_replacement": background_replacement,
     "layert2v_new_background_kept_foreground": new_background_kept_foreground,
 }
+# The template browser shows a custom node pack's template by its file name (title, and again as description, '-'
+# and '_' read as spaces) with `<name>.jpg` as its thumbnail: so the copies in example_workflows/ carry human names.
+TEMPLATE_TITLES = {
+    "layert2v_text_to_layers": "LayerT2V text to layers with alpha",
+    "layert2v_two_foregrounds": "LayerT2V two foregrounds with alpha",
+    "layert2v_background_replacement": "LayerT2V background replacement",
+    "layert2v_new_background_kept_foreground": "LayerT2V new background behind a kept foreground",
+}
+# On ComfyUI's own Wan stack: Wan2.1 files only until the demo model has 128-wide heads (ComfyUI reads heads as
+# dim / 128).
+NATIVE_WORKFLOWS = {
+    "layert2v_native_text_to_layers": native_text_to_layers,
+    "layert2v_native_two_foregrounds": native_two_foregrounds,
+}
+
+
+def workflows_of(profile: Profile) -> dict:
+    return {**WORKFLOWS, **(NATIVE_WORKFLOWS if profile is WAN21 else {})}
 
 
 # ---- UI format ----
@@ -221,6 +307,51 @@ def is_widget(kind) -> bool:
     return isinstance(kind, list) or kind in WIDGET_TYPES
 
 
+def frontend_sizes() -> dict:
+    """{"title_height": .., "sizes": {node type: [w, h]}} as measured in the frontend."""
+    return json.loads((ROOT / "workflows" / SIZES_FILE).read_text(encoding="utf-8"))
+
+
+def all_node_types() -> set[str]:
+    return {node["class_type"] for profile in PROFILES for build in workflows_of(profile).values()
+            for node in build(profile).values()}
+
+
+def node_size(class_type: str, measured: dict) -> list[int]:
+    if class_type not in measured["sizes"]:
+        raise SystemExit(f"no measured size for {class_type}: run python workflows/measure_nodes.py")
+    width, height = measured["sizes"][class_type]
+    least_width, extra = PREVIEW_ROOM.get(class_type, (0, 0))
+    return [max(width, least_width), height + extra]
+
+
+def layout(api: dict, measured: dict) -> dict[str, tuple[list[int], list[int]]]:
+    """{node key: (pos, size)}: a column per link depth, nodes stacked in graph order; pos is below the title."""
+    depth: dict[str, int] = {}
+
+    def depth_of(key: str) -> int:
+        if key not in depth:
+            sources = [v[0] for v in api[key]["inputs"].values() if isinstance(v, list) and len(v) == 2
+                       and isinstance(v[0], str) and v[0] in api]
+            depth[key] = 1 + max((depth_of(s) for s in sources), default=-1)
+        return depth[key]
+
+    columns: dict[int, list[str]] = {}
+    for key in api:
+        columns.setdefault(depth_of(key), []).append(key)
+    title = measured["title_height"]
+    placed, x = {}, MARGIN
+    for column in sorted(columns):
+        y, width = MARGIN + title, 0
+        for key in columns[column]:
+            size = node_size(api[key]["class_type"], measured)
+            placed[key] = ([x, y], size)
+            y += size[1] + title + GAP_Y
+            width = max(width, size[0])
+        x += width + GAP_X
+    return placed
+
+
 def ui_workflow(api: dict, node_classes: dict) -> dict:
     """The editor's format for an API graph: nodes with widget values in input order, links by slot."""
     ids = {key: i + 1 for i, key in enumerate(api)}
@@ -234,6 +365,7 @@ def ui_workflow(api: dict, node_classes: dict) -> dict:
                 source, slot = ids[value[0]], value[1]
                 links.append([link_id, source, slot, ids[key], None, None])
                 outgoing.setdefault((source, slot), []).append(link_id)
+    placed = layout(api, frontend_sizes())
     link_at = {}
     for link in links:
         link_at.setdefault(link[3], []).append(link)
@@ -256,9 +388,9 @@ def ui_workflow(api: dict, node_classes: dict) -> dict:
             inputs.append({"name": name, "type": kind, "link": link_id})
         outputs = [{"name": name, "type": kind, "links": outgoing.get((number, slot), []), "slot_index": slot}
                    for slot, (name, kind) in enumerate(node_outputs(class_type, node_classes))]
-        nodes.append({"id": number, "type": class_type, "pos": [40 + 360 * (order // 4), 40 + 260 * (order % 4)],
-                      "size": [320, 220], "flags": {}, "order": order, "mode": 0, "inputs": inputs,
-                      "outputs": outputs, "properties": {"Node name for S&R": class_type},
+        pos, size = placed[key]
+        nodes.append({"id": number, "type": class_type, "pos": pos, "size": size, "flags": {}, "order": order,
+                      "mode": 0, "inputs": inputs, "outputs": outputs, "properties": {"Node name for S&R": class_type},
                       "widgets_values": widgets})
     return {"last_node_id": len(nodes), "last_link_id": len(links), "nodes": nodes, "links": links, "groups": [],
             "config": {}, "extra": {}, "version": 0.4}
@@ -268,13 +400,13 @@ def rendered(node_classes: dict) -> dict[Path, str]:
     """Every file this script writes, relative to the repository root, with its exact text."""
     files = {}
     for profile in PROFILES:
-        for name, build in WORKFLOWS.items():
+        for name, build in workflows_of(profile).items():
             api = build(profile)
             ui = json.dumps(ui_workflow(api, node_classes), indent=2, ensure_ascii=False) + "\n"
             files[api_path(name, profile)] = json.dumps(api, indent=2, ensure_ascii=False) + "\n"
             files[Path("workflows/ui") / profile.folder / f"{name}.json"] = ui
             if profile is DEMO:  # the template browser gets the graphs that run with no downloads
-                files[Path("example_workflows") / f"{name}.json"] = ui
+                files[Path("example_workflows") / f"{TEMPLATE_TITLES[name]}.json"] = ui
     return files
 
 
