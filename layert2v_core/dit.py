@@ -18,6 +18,10 @@ from torch.utils.checkpoint import checkpoint
 
 from .layers import SINGLE_FOREGROUND_CATEGORIES, LayerSpec
 
+# Self-attention kernel (q, k, v [B, heads, L, head_dim] -> out): exact SDPA unless an opt-in one is swapped in
+# (see attention_kernels.py).
+self_attention_kernel = F.scaled_dot_product_attention
+
 
 @dataclass
 class DiTConfig:
@@ -122,7 +126,7 @@ class Attention(nn.Module):
         q = apply_rope(self._heads(self.norm_q(self.q(x))), rope)
         k = apply_rope(self._heads(self.norm_k(self.k(x))), rope)
         v = self._heads(self.v(x))
-        out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
+        out = self_attention_kernel(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
         return self.o(out.transpose(1, 2).flatten(2))
 
     def context_kv(self, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
