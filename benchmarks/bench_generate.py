@@ -8,10 +8,12 @@ Wan2.1 1.3B DiT, the Wan VAE and the alpha VAE (LoRA decoder), all random; promp
 text encoder runs. Every variant samples `--timed-steps` steps of the `--steps` schedule after two warm-up steps and
 extrapolates the DiT time to `--steps` (printed as such); the VAE decode of every layer and the alpha decode run in
 full once. Per variant: seconds per step, the DiT phase, peak accelerator memory, and the fraction of the FLOP floor
-(steps x CFG passes x analytic DiT FLOPs / `--peak-tflops`) reached. Variants: bf16 (exact SDPA, batched CFG),
+(steps x CFG passes x analytic DiT FLOPs / `--peak-tflops`) reached. Variants: bf16 (exact SDPA, batched CFG,
+the forward cache), uncached (bf16 recomputing context K/V, routing bias and LayerAdaLN rows every step),
 cfg_sequential, cudnn (SDPA pinned to cuDNN), sage (SageAttention, when installed), compile (torch.compile per
-block), offload (block by block under `--offload-cap-gb`), fp8 (fp8-stored block weights). Then one stage-2 training
-step (LoRA rank 128, gradient checkpointing, bf16, DiT flow-matching loss) at each of `--train-sizes`.
+block), offload (block by block under `--offload-cap-gb`), fp8 (fp8-stored block weights). Then stage-2 training
+steps (LoRA rank 128, gradient checkpointing, bf16, DiT flow-matching loss) at each of `--train-sizes`.
+The default run is meant to fit in 8 minutes on one H200; lower --timed-steps or --train-steps, or drop variants, if not.
 Results go to stdout and, as JSON, to `--json`.
 """
 from __future__ import annotations
@@ -40,7 +42,7 @@ from layert2v_core.offload import blocks_on_demand  # noqa: E402
 from layert2v_core.sampling import cfg_velocity, flow_sigmas, sample, seeded_noise  # noqa: E402
 from layert2v_core.vae import VAEConfig, WanVAE  # noqa: E402
 
-VARIANTS = ("bf16", "cfg_sequential", "cudnn", "sage", "compile", "offload", "fp8")
+VARIANTS = ("bf16", "uncached", "cfg_sequential", "cudnn", "sage", "compile", "offload", "fp8")
 GB = 1e9
 
 
@@ -128,7 +130,7 @@ def conditioning(args, spec: LayerSpec, device: torch.device, dtype: torch.dtype
 
 
 def run_dit(dit: WanDiT, args, spec: LayerSpec, cond: dict, uncond: dict, device: torch.device,
-            batched: bool = True) -> tuple[torch.Tensor, dict]:
+            batched: bool = True, cached: bool = True) -> tuple[torch.Tensor, dict]:
     """Two warm-up steps (the first fills the forward caches, the second uses them: torch.compile sees both), then
     `timed_steps` steps of the schedule; no synchronisation inside the step loop."""
     frames = (args.frames - 1) // 4 + 1
@@ -143,7 +145,7 @@ def run_dit(dit: WanDiT, args, spec: LayerSpec, cond: dict, uncond: dict, device
 
         def model_fn(x, sigma, c):
             t = torch.full((x.shape[0],), sigma * 1000.0, device=x.device)
-            cache = caches.setdefault(id(c), (c, {}))[1]
+            cache = caches.setdefault(id(c), (c, {}))[1] if cached else None
             return dit(x, t, c["context"], layer_spec=spec, prompt_lens=c["prompt_lens"], cache=cache)
 
         return sample(cfg_velocity(model_fn, cond, uncond, args.guidance, batched=batched), noise, part)
@@ -232,7 +234,8 @@ def generation(args, device: torch.device, dtype: torch.dtype) -> dict:
                 model = make_dit(args, device, dtype)
                 quantize_linears_fp8(model)
             with variant_setting(name, model, args, device) as active:
-                out, times = run_dit(active, args, spec, cond, uncond, device, batched=name != "cfg_sequential")
+                out, times = run_dit(active, args, spec, cond, uncond, device, batched=name != "cfg_sequential",
+                                     cached=name != "uncached")
         except Exception as err:  # one failing variant (missing kernel, out of memory) must not end the run
             report["variants"][name] = {"error": f"{type(err).__name__}: {err}"}
             print(f"{name:>15}: failed: {type(err).__name__}: {err}", flush=True)
