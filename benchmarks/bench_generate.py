@@ -148,7 +148,10 @@ def run_dit(dit: WanDiT, args, spec: LayerSpec, cond: dict, uncond: dict, device
             cache = caches.setdefault(id(c), (c, {}))[1] if cached else None
             return dit(x, t, c["context"], layer_spec=spec, prompt_lens=c["prompt_lens"], cache=cache)
 
-        return sample(cfg_velocity(model_fn, cond, uncond, args.guidance, batched=batched), noise, part)
+        velocity = cfg_velocity(model_fn, cond, uncond, args.guidance, batched=batched)
+        latent = sample(velocity, noise, part)
+        times["cfg_batched"] = velocity.batched  # False when batched CFG ran out of memory and fell back
+        return latent
 
     times: dict = {}
     with phase(device, times, "warmup_s"):
@@ -167,7 +170,8 @@ def variant_setting(name: str, dit: WanDiT, args, device: torch.device):
     """Put the shared bf16 model into the state of variant `name` and back."""
     if name == "cudnn":
         from torch.nn.attention import SDPBackend, sdpa_kernel
-        with sdpa_kernel([SDPBackend.CUDNN_ATTENTION]):
+        # cuDNN for self-attention; memory-efficient SDPA stays enabled for the masked cross-attention.
+        with sdpa_kernel([SDPBackend.CUDNN_ATTENTION, SDPBackend.EFFICIENT_ATTENTION]):
             yield dit
     elif name == "sage":
         with sage_self_attention():
@@ -230,7 +234,8 @@ def generation(args, device: torch.device, dtype: torch.dtype) -> dict:
             continue
         model = dit
         try:
-            if name == "fp8":  # a model of its own: quantising is not undone
+            if name == "fp8":  # a model of its own (quantising is not undone); the bf16 one waits on the host
+                dit.to("cpu")
                 model = make_dit(args, device, dtype)
                 quantize_linears_fp8(model)
             with variant_setting(name, model, args, device) as active:
@@ -243,7 +248,8 @@ def generation(args, device: torch.device, dtype: torch.dtype) -> dict:
             continue
         finally:
             if name == "fp8":
-                del model
+                model = None
+                dit.to(device)
         latent = out if latent is None else latent
         times["floor_fraction"] = floor_s / times["dit_s_extrapolated"]
         report["variants"][name] = times
@@ -251,7 +257,7 @@ def generation(args, device: torch.device, dtype: torch.dtype) -> dict:
         print(f"{name:>15}: {times['per_step_s']:8.3f} s/step  DiT {times['dit_s_extrapolated']:8.1f} s "
               f"(extrapolated)  floor {100 * times['floor_fraction']:5.1f}%  warm-up {times['warmup_s']:.1f} s"
               + (f"  peak {peak:.2f} GB" if peak is not None else ""), flush=True)
-    del dit
+    dit = model = active = None  # the decoders run alone on the device
     if device.type == "cuda":
         torch.cuda.empty_cache()
     if latent is not None:
