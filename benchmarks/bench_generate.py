@@ -8,12 +8,14 @@ Wan2.1 1.3B DiT, the Wan VAE and the alpha VAE (LoRA decoder), all random; promp
 text encoder runs. Every variant samples `--timed-steps` steps of the `--steps` schedule after two warm-up steps and
 extrapolates the DiT time to `--steps` (printed as such); the VAE decode of every layer and the alpha decode run in
 full once. Per variant: seconds per step, the DiT phase, peak accelerator memory, and the fraction of the FLOP floor
-(steps x CFG passes x analytic DiT FLOPs / `--peak-tflops`) reached. Variants: bf16 (exact SDPA, batched CFG,
-the forward cache), uncached (bf16 recomputing context K/V, routing bias and LayerAdaLN rows every step),
-cfg_sequential, cudnn (SDPA pinned to cuDNN), sage (SageAttention, when installed), compile (torch.compile per
-block), offload (block by block under `--offload-cap-gb`), fp8 (fp8-stored block weights). Then stage-2 training
-steps (LoRA rank 128, gradient checkpointing, bf16, DiT flow-matching loss) at each of `--train-sizes`.
-The default run is meant to fit in 8 minutes on one H200; lower --timed-steps or --train-steps, or drop variants, if not.
+(steps x CFG passes x analytic DiT FLOPs / `--peak-tflops`) reached. Variants: sdpa (exact SDPA in `--dtype`,
+bf16 by default, batched CFG, the forward cache), uncached (sdpa recomputing context K/V, routing bias and
+LayerAdaLN rows every step), cfg_sequential, cudnn (SDPA pinned to cuDNN), sage (SageAttention, when installed),
+compile (torch.compile per block), offload (block by block under `--offload-cap-gb`), fp8 (fp8-stored block
+weights). Then stage-2 training steps (LoRA rank 128, gradient checkpointing, bf16, DiT flow-matching loss) at each
+of `--train-sizes`.
+The default run is meant to fit in 8 minutes on one H200; if it does not, lower --timed-steps or --train-steps or
+drop variants.
 Results go to stdout and, as JSON, to `--json`.
 """
 from __future__ import annotations
@@ -42,7 +44,7 @@ from layert2v_core.offload import blocks_on_demand  # noqa: E402
 from layert2v_core.sampling import cfg_velocity, flow_sigmas, sample, seeded_noise  # noqa: E402
 from layert2v_core.vae import VAEConfig, WanVAE  # noqa: E402
 
-VARIANTS = ("bf16", "uncached", "cfg_sequential", "cudnn", "sage", "compile", "offload", "fp8")
+VARIANTS = ("sdpa", "uncached", "cfg_sequential", "cudnn", "sage", "compile", "offload", "fp8")
 GB = 1e9
 
 
@@ -167,7 +169,7 @@ def run_dit(dit: WanDiT, args, spec: LayerSpec, cond: dict, uncond: dict, device
 
 @contextlib.contextmanager
 def variant_setting(name: str, dit: WanDiT, args, device: torch.device):
-    """Put the shared bf16 model into the state of variant `name` and back."""
+    """Put the shared model into the state of variant `name` and back."""
     if name == "cudnn":
         from torch.nn.attention import SDPBackend, sdpa_kernel
         # cuDNN for self-attention; memory-efficient SDPA stays enabled for the masked cross-attention.
@@ -234,7 +236,7 @@ def generation(args, device: torch.device, dtype: torch.dtype) -> dict:
             continue
         model = dit
         try:
-            if name == "fp8":  # a model of its own (quantising is not undone); the bf16 one waits on the host
+            if name == "fp8":  # a model of its own (quantising is not undone); the shared one waits on the host
                 dit.to("cpu")
                 model = make_dit(args, device, dtype)
                 quantize_linears_fp8(model)
@@ -262,8 +264,9 @@ def generation(args, device: torch.device, dtype: torch.dtype) -> dict:
         torch.cuda.empty_cache()
     if latent is not None:
         report["decode"] = decode(args, spec, latent, device, dtype)
+        exact = ("sdpa", "uncached", "cfg_sequential", "cudnn")
         best = min((v["dit_s_extrapolated"] for k, v in report["variants"].items()
-                    if "dit_s_extrapolated" in v and k in ("bf16", "cfg_sequential", "cudnn")), default=None)
+                    if "dit_s_extrapolated" in v and k in exact), default=None)
         if best is not None:
             total = best + report["decode"]["rgb_decode_s"] + report["decode"]["alpha_decode_s"]
             report["total_exact_s_extrapolated"] = total

@@ -273,7 +273,7 @@ class WanDiT(nn.Module):
         self.config.num_layer_categories = spec.num_categories
 
     def rope(self, grid: tuple[int, int, int], device) -> torch.Tensor:
-        """Complex rotation [tokens, 1, head_dim/2] of a token grid, built once and reused while grid and device hold."""
+        """Complex rotation [tokens, 1, head_dim/2] of a token grid; built once, reused while grid and device hold."""
         key = (grid, torch.device(device))
         if self._grid_rope is None or self._grid_rope[0] != key:
             cos, sin = rope_for_grid(self._rope, *grid, device=device)

@@ -19,12 +19,12 @@ def test_tiny_generation_and_training_step_report_every_phase(tmp_path):
     out = tmp_path / "report.json"
     report = bench.main(["--device", "cpu", "--dim", "128", "--layers", "1", "--vae-dim", "4", "--height", "32",
                          "--width", "32", "--frames", "1", "--steps", "3", "--timed-steps", "1",
-                         "--variants", "bf16,uncached,cfg_sequential,fp8,offload,sage", "--train-sizes", "32x32x1",
+                         "--variants", "sdpa,uncached,cfg_sequential,fp8,offload,sage", "--train-sizes", "32x32x1",
                          "--train-steps", "1", "--lora-rank", "8", "--json", str(out)])
     assert json.loads(out.read_text()) == json.loads(json.dumps(report))
     gen = report["generation"]
     assert gen["setting"]["visual_tokens"] == 4 * 1 * 2 * 2 and gen["setting"]["output_frames"] == 4
-    for name in ("bf16", "uncached", "cfg_sequential", "fp8"):
+    for name in ("sdpa", "uncached", "cfg_sequential", "fp8"):
         times = gen["variants"][name]
         assert times["per_step_s"] > 0 and times["dit_s_extrapolated"] == times["per_step_s"] * 3
         assert 0 < times["floor_fraction"]
