@@ -4,7 +4,8 @@
 
 Equal work: both sides embed the context padded to Wan's 512 rows and run the same forward; no cache. Times
 alternate between the cases round by round (the order flips every round), and the ratios are medians of the
-per-round ratios, with their spread, so a machine shared with other jobs shifts both sides alike.
+per-round ratios, with their spread, so a machine shared with other jobs shifts both sides alike. On CPU the clock
+is this process' CPU time (wall time on a shared machine mostly measures the other jobs); on CUDA, wall time.
 Targets: ours/diffusers <= 0.95 (time) and <= 1.0 (peak); layered/plain <= 1.05 (the layer modules nearly free).
 Peak memory is measured on CPU as the growth of the process' peak RSS during one forward, each case in a fresh
 process; on CUDA with torch.cuda.max_memory_allocated.
@@ -71,6 +72,7 @@ def sync(device: str) -> None:
 def time_alternating(fns: dict, args) -> dict[str, list[float]]:
     """Seconds of each case in each round; every round runs all cases, in reversed order every other round."""
     times = {name: [] for name in fns}
+    clock = time.perf_counter if args.device.startswith("cuda") else time.process_time
     with torch.no_grad():
         for fn in fns.values():
             fn()
@@ -78,10 +80,10 @@ def time_alternating(fns: dict, args) -> dict[str, list[float]]:
             order = list(fns) if round_ % 2 == 0 else list(reversed(fns))
             for name in order:
                 sync(args.device)
-                start = time.perf_counter()
+                start = clock()
                 fns[name]()
                 sync(args.device)
-                times[name].append(time.perf_counter() - start)
+                times[name].append(clock() - start)
     return times
 
 

@@ -2,7 +2,8 @@
 
 Equal work: the same latent, the same weights, untiled and tiled alike. Time: one process holds both models and
 alternates them for `--repeats` rounds (order flipped every round); the ratio is the median of the per-round
-ratios, with its spread. Peak: each (implementation, tiling) pair decodes once in its own process under the torch
+ratios, with its spread, in this process' CPU time (wall time on a shared machine mostly measures the other
+jobs). Peak: each (implementation, tiling) pair decodes once in its own process under the torch
 profiler, whose CPU allocation record gives the peak tensor memory.
 
     python benchmarks/bench_vae.py                # 384x672, 9 frames, base width 8 (reduced from 96)
@@ -79,9 +80,9 @@ def time_worker(tiled: bool, args) -> None:
     with torch.no_grad():
         for round_ in range(args.repeats):
             for name in (list(runs) if round_ % 2 == 0 else list(reversed(runs))):
-                start = time.perf_counter()
+                start = time.process_time()
                 runs[name]()
-                seconds[name].append(time.perf_counter() - start)
+                seconds[name].append(time.process_time() - start)
     print(json.dumps(seconds))
 
 
