@@ -7,6 +7,7 @@ diffusers' `WanTransformer3DModel` (one file or a sharded folder). Adapters: the
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 from pathlib import Path
@@ -14,11 +15,14 @@ from typing import Callable, Mapping
 
 import torch
 
-from .dit import DiTConfig, WanDiT
+from .dit import ROPE_MODES, DiTConfig, WanDiT
 from .layers import ROUTING_POLICIES
+from .mask_modes import PROJECTIONS_FILE, load_projections, mode_of_file
 from .mask_vae import FORMAT_NAME as MASK_VAE_FORMAT
 from .weights import (CheckpointError, WeightSource, assign_weights, is_side_tensor, open_weights, read_tensor,
                       save_weights_atomic)
+
+log = logging.getLogger(__name__)
 
 COMFY_PREFIX = "model.diffusion_model."
 LAYER_ADALN_KEY = "layer_adaln.layer_modulation"
@@ -124,11 +128,41 @@ def infer_config(shape: Callable[[str], torch.Size], keys: set[str], known: Mapp
 # ---- adapters ----
 
 class Adapter:
-    """LoRA pairs to merge and whole tensors to replace, keyed by original module / tensor names."""
+    """LoRA pairs to merge and whole tensors to replace, keyed by original module / tensor names; `settings` holds
+    the DiTConfig values the adapter was trained with (e.g. rope)."""
 
     def __init__(self, lora: dict[str, tuple[torch.Tensor, torch.Tensor, float]], tensors: dict[str, torch.Tensor],
-                 routing_policy: str, source: str):
+                 routing_policy: str, source: str, settings: Mapping | None = None):
         self.lora, self.tensors, self.routing_policy, self.source = lora, tensors, routing_policy, source
+        self.settings = dict(settings or {})
+        self.ema_shadow: list[torch.Tensor] | None = None  # an official EMA's values, applied by use_ema
+        self.mask_projections: Path | None = None  # an official 'vae-project' run's mask_vae_projects.pt
+
+    def use_ema(self, parameter_order: list[str]) -> None:
+        """Replace the adapter's tensors by the EMA shadow values, which the official trainer keeps in the order of
+        the trainable parameters: LoRA A then B of each module and the LayerAdaLN table, in the model's parameter
+        order (ours registers modules in the official order), then the mask modules' (not used, as there)."""
+        position = {name: i for i, name in enumerate(parameter_order)}
+        slots = [((position.get(f"{m}.weight", len(position)), half), ("lora", m, half))
+                 for m in self.lora for half in (0, 1)]
+        slots += [((position.get(k, len(position)), 0), ("tensor", k, 0)) for k in self.tensors]
+        slots.sort(key=lambda slot: slot[0])
+        if len(self.ema_shadow) < len(slots):
+            raise CheckpointError(f"{self.source}: the EMA holds {len(self.ema_shadow)} tensors but the adapter has "
+                                  f"{len(slots)}; it belongs to another run")
+        for (_, (kind, name, half)), value in zip(slots, self.ema_shadow):
+            current = self.lora[name][half] if kind == "lora" else self.tensors[name]
+            if tuple(current.shape) != tuple(value.shape):
+                raise CheckpointError(f"{self.source}: EMA tensor for {name} has shape {tuple(value.shape)}, the "
+                                      f"adapter's {tuple(current.shape)}; the EMA belongs to another run")
+            if kind == "tensor":
+                self.tensors[name] = value
+            else:
+                down, up, scale = self.lora[name]
+                self.lora[name] = (value, up, scale) if half == 0 else (down, value, scale)
+        if len(self.ema_shadow) > len(slots):
+            log.info("%s: %d trailing EMA tensors are the mask modules'; not used, as in the official inference",
+                     self.source, len(self.ema_shadow) - len(slots))
 
     def reader(self, key: str, base: Callable[[], torch.Tensor]) -> Callable[[], torch.Tensor]:
         if key in self.tensors:
@@ -149,24 +183,74 @@ def _normalise_adapter_key(key: str) -> str:
     return key.replace(".modules_to_save.default.", ".").replace(".default.", ".")
 
 
-def load_adapter(path: str | os.PathLike) -> Adapter:
-    """Read an official LayerT2V PEFT folder or our single-file adapter."""
-    path = Path(path)
-    if path.is_dir() and (path / "adapter_config.json").exists():
-        config = json.loads((path / "adapter_config.json").read_text())
-        files = [f for f in ("adapter_model.safetensors", "adapter_model.bin") if (path / f).exists()]
-        if not files:
-            raise CheckpointError(f"{path}: PEFT adapter folder without adapter_model.safetensors")
-        source = open_weights(path / files[0])
-        alpha, rank = config.get("lora_alpha", 8), config.get("r", 8)
-        rslora = config.get("use_rslora", False)
-        alpha_pattern, rank_pattern = config.get("alpha_pattern") or {}, config.get("rank_pattern") or {}
+OFFICIAL_RUN_CONFIG = "config.yaml"
 
-        def scale_for(module: str) -> float:
-            a = next((v for k, v in alpha_pattern.items() if module.endswith(k)), alpha)
-            r = next((v for k, v in rank_pattern.items() if module.endswith(k)), rank)
-            return a / (r ** 0.5 if rslora else r)
-        return _build_adapter(source, scale_for, "official", f"PEFT folder {path}")
+
+def official_run_config(folder: str | os.PathLike) -> tuple[Path, dict] | None:
+    """The official trainer's run config.yaml in an adapter folder or its parent, parsed; None if there is none."""
+    import yaml
+
+    folder = Path(folder)
+    for candidate in (folder / OFFICIAL_RUN_CONFIG, folder.parent / OFFICIAL_RUN_CONFIG):
+        if candidate.is_file():
+            try:
+                config = yaml.safe_load(candidate.read_text())
+            except yaml.YAMLError as err:
+                raise CheckpointError(f"{candidate} is not valid YAML ({err}); fix or remove it") from None
+            if not isinstance(config, dict):
+                raise CheckpointError(f"{candidate}: expected the official run config (a mapping), got "
+                                      f"{type(config).__name__}")
+            return candidate, config
+    return None
+
+
+def rope_settings(run_config: Mapping, where: str) -> dict:
+    """DiTConfig rope values from an official run config's use_4d_rope and rope_dim_ratios ("8,42,40,38")."""
+    use_4d = run_config.get("use_4d_rope")
+    if use_4d is None:
+        return {}
+    if not isinstance(use_4d, bool):
+        raise CheckpointError(f"{where}: use_4d_rope must be true or false, got {use_4d!r}")
+    if not use_4d:
+        return {"rope": "3d"}
+    ratios = run_config.get("rope_dim_ratios")
+    if isinstance(ratios, str):
+        try:
+            ratios = [int(d) for d in ratios.split(",")]
+        except ValueError:
+            raise CheckpointError(f"{where}: rope_dim_ratios must be four integers like \"8,42,40,38\", got "
+                                  f"{ratios!r}") from None
+    return {"rope": "4d", "rope_dims": tuple(ratios) if ratios else None}
+
+
+EMA_FILE = Path("ema") / "ema_model.pt"
+FALLBACK_WEIGHTS = "lora_weights.pt"
+
+
+def official_folder(path: str | os.PathLike) -> tuple[Path, bool | None] | None:
+    """(checkpoint folder, ema) when `path` is an official checkpoint folder or one of its weight files (picking
+    ema/ema_model.pt means its EMA weights); None otherwise."""
+    path = Path(path)
+    ema = None
+    if path.is_file() and path.name == EMA_FILE.name and path.parent.name == EMA_FILE.parent.name:
+        path, ema = path.parent.parent, True
+    elif path.is_file() and path.name in ("adapter_model.safetensors", "adapter_model.bin", FALLBACK_WEIGHTS):
+        path = path.parent
+    if path.is_dir() and ((path / "adapter_config.json").is_file() or (path / FALLBACK_WEIGHTS).is_file()):
+        return path, ema
+    return None
+
+
+def load_adapter(path: str | os.PathLike, ema: bool | None = None) -> Adapter:
+    """Read an official LayerT2V checkpoint folder (with its run config.yaml when beside it) or our single-file
+    adapter. ema: use the folder's ema/ema_model.pt (None: only when that file itself was picked)."""
+    found = official_folder(path)
+    if found is not None:
+        return _load_official(found[0], ema if ema is not None else found[1])
+    if ema:
+        raise ValueError(f"{path}: EMA weights exist only in official checkpoint folders ({EMA_FILE}); ours are "
+                         f"saved already averaged")
+    path = Path(path)
     source = open_weights(path)
     if source.metadata.get("format") == MASK_VAE_FORMAT:
         raise CheckpointError(f"{path} is the LayerT2V alpha-matte (mask) VAE, not the DiT adapter; load it as the "
@@ -185,15 +269,73 @@ def load_adapter(path: str | os.PathLike) -> Adapter:
                                   f"an ordinary Wan LoRA; the adapter slot needs the LayerT2V adapter")
     policy = meta.get("routing_policy", "paper")
     alpha = meta.get("lora_alpha")
+    # Adapters written before 4D RoPE existed carry no rope entry: they were trained with Wan's 3D RoPE.
+    settings = {"rope": meta.get("rope", "3d")}
+    if meta.get("rope_dims") is not None:
+        settings["rope_dims"] = tuple(meta["rope_dims"])
 
     def scale_for(module: str) -> float:
         rank = source[f"{module}.lora_A.weight"].shape[0]
         return (alpha if alpha is not None else rank) / rank
-    return _build_adapter(source, scale_for, policy, f"adapter {path}")
+    return _build_adapter(source, scale_for, policy, f"adapter {path}", settings)
+
+
+def _load_official(path: Path, ema: bool | None) -> Adapter:
+    """The official PEFT folder (adapter_config.json + adapter_model.*), or its fallback lora_weights.pt."""
+    config = json.loads((path / "adapter_config.json").read_text()) if (path / "adapter_config.json").is_file() else {}
+    run = official_run_config(path)
+    files = [f for f in ("adapter_model.safetensors", "adapter_model.bin", FALLBACK_WEIGHTS) if (path / f).exists()]
+    if not files:
+        raise CheckpointError(f"{path}: official checkpoint folder without adapter_model.safetensors or "
+                              f"{FALLBACK_WEIGHTS}")
+    source = open_weights(path / files[0])
+    if config:
+        alpha, rank = config.get("lora_alpha", 8), config.get("r", 8)
+    elif run is not None and "lora_rank" in run[1]:  # lora_weights.pt alone: the trainer's own arguments
+        alpha, rank = run[1].get("lora_alpha", run[1]["lora_rank"]), run[1]["lora_rank"]
+    elif any(".lora_A" in k for k in source):
+        raise CheckpointError(f"{path / files[0]} holds LoRA weights but neither adapter_config.json nor a run "
+                              f"config.yaml with lora_rank / lora_alpha gives their scale; add one of them")
+    else:
+        alpha = rank = 1
+    rslora = config.get("use_rslora", False)
+    alpha_pattern, rank_pattern = config.get("alpha_pattern") or {}, config.get("rank_pattern") or {}
+
+    def scale_for(module: str) -> float:
+        a = next((v for k, v in alpha_pattern.items() if module.endswith(k)), alpha)
+        r = next((v for k, v in rank_pattern.items() if module.endswith(k)), rank)
+        return a / (r ** 0.5 if rslora else r)
+    if run is None:
+        settings = {"rope": "3d"}
+        log.info("%s: no official run config.yaml in the folder or its parent; using 3D RoPE (the official "
+                 "training configs' use_4d_rope: false); pass rope='4d' if the run trained with 4D RoPE", path)
+    else:
+        settings = {"rope": "3d", **rope_settings(run[1], str(run[0]))}
+        log.info("%s: %s RoPE, from %s", path, settings["rope"].upper(), run[0])
+    adapter = _build_adapter(source, scale_for, "official", f"official checkpoint {path / files[0]}", settings)
+    projections = path / PROJECTIONS_FILE
+    run_mode = run[1].get("mask_mode") if run is not None else None
+    if projections.is_file() and mode_of_file(projections) == "vae-project" and run_mode in (None, "vae-project"):
+        adapter.mask_projections = projections
+        log.info("%s: 'vae-project' mask projections from %s, applied in the DiT", path, projections)
+    ema_file = path / EMA_FILE
+    if ema:
+        if not ema_file.is_file():
+            raise FileNotFoundError(f"EMA weights asked for, but {ema_file} does not exist; leave EMA off")
+        state = torch.load(str(ema_file), map_location="cpu", weights_only=True)
+        shadow = state.get("shadow_params") if isinstance(state, dict) else None
+        if not isinstance(shadow, list) or not all(isinstance(t, torch.Tensor) for t in shadow):
+            raise CheckpointError(f"{ema_file} has no shadow_params list of tensors (an EMAModel state dict)")
+        adapter.ema_shadow, adapter.source = shadow, f"{adapter.source} with EMA weights {ema_file}"
+        log.info("%s: EMA weights from %s", path, ema_file)
+    elif ema_file.is_file():
+        log.info("%s: %s found but not used; ema=True (CLI --ema, or pick that file in ComfyUI) uses the EMA "
+                 "weights the authors recommend", path, ema_file)
+    return adapter
 
 
 def _build_adapter(source: Mapping[str, torch.Tensor], scale_for: Callable[[str], float], policy: str,
-                   what: str) -> Adapter:
+                   what: str, settings: Mapping | None = None) -> Adapter:
     if policy not in ROUTING_POLICIES:
         raise CheckpointError(f"{what}: unknown routing policy {policy!r}")
     lora, tensors, downs, ups = {}, {}, {}, {}
@@ -210,14 +352,21 @@ def _build_adapter(source: Mapping[str, torch.Tensor], scale_for: Callable[[str]
         if module not in ups:
             raise CheckpointError(f"{what}: {module} has lora_A but no lora_B; the adapter is incomplete")
         lora[module] = (down, ups[module], scale_for(module))
-    return Adapter(lora, tensors, policy, what)
+    if settings and settings.get("rope", "3d") not in ROPE_MODES:
+        raise CheckpointError(f"{what}: unknown rope {settings['rope']!r}; expected one of {ROPE_MODES}")
+    return Adapter(lora, tensors, policy, what, settings)
 
 
 # ---- loading ----
 
 def load_dit(path: str | os.PathLike, dtype: torch.dtype | None = None, device: str | torch.device = "cpu",
-             adapter: str | os.PathLike | None = None, num_heads: int | None = None) -> WanDiT:
+             adapter: str | os.PathLike | None = None, num_heads: int | None = None, rope: str | None = None,
+             rope_dims: tuple[int, int, int, int] | None = None, ema: bool | None = None) -> WanDiT:
     """Load a Wan2.1 T2V DiT (any supported layout, fp8 included) and optionally a LayerT2V adapter on top.
+
+    rope: "3d" (Wan's) or "4d" (the official layer axis); None takes what the adapter records (an official run's
+    config.yaml, our adapter's metadata), else the checkpoint's, else 3D. rope_dims: the 4D head split.
+    ema: apply an official checkpoint folder's ema/ema_model.pt (None: only when that file is the adapter path).
 
     dtype: compute/weight dtype; None keeps the file's (fp8 files default to bfloat16). Tensors are read,
     converted and placed one at a time into a model built on the meta device, so memory peaks at one model.
@@ -228,11 +377,20 @@ def load_dit(path: str | os.PathLike, dtype: torch.dtype | None = None, device: 
     layout = detect_layout(raw_keys)
     names = {original_key(k, layout): k for k in raw_keys}
     known = {**_metadata_config(source), **(_diffusers_config(path) if layout == "diffusers" else {})}
-    extra = load_adapter(adapter) if adapter is not None else None
+    extra = load_adapter(adapter, ema=ema) if adapter is not None else None
     if extra is not None:
         known["routing_policy"] = extra.routing_policy
+        known.update(extra.settings)
     if num_heads is not None:
         known["num_heads"] = num_heads
+    if rope is not None:
+        if rope not in ROPE_MODES:
+            raise ValueError(f"rope must be one of {ROPE_MODES}, got {rope!r}")
+        known["rope"] = rope
+    if rope_dims is not None:
+        known["rope_dims"] = tuple(rope_dims)
+    if known.get("rope_dims") is not None:
+        known["rope_dims"] = tuple(known["rope_dims"])
 
     def shape(key: str) -> torch.Size:
         if extra is not None and key in extra.tensors:
@@ -250,6 +408,8 @@ def load_dit(path: str | os.PathLike, dtype: torch.dtype | None = None, device: 
         dtype = torch.bfloat16 if not file_dtype.is_floating_point or file_dtype.itemsize == 1 else file_dtype
     with torch.device("meta"):
         model = WanDiT(cfg)
+    if extra is not None and extra.ema_shadow is not None:
+        extra.use_ema([name for name, _ in model.named_parameters()])
     def keep_float32(key: str) -> bool:
         return key.endswith(_FLOAT32_SUFFIXES)
     readers = {k: (lambda k=k: read_tensor(source, names[k], torch.float32 if keep_float32(k) else dtype))
@@ -263,13 +423,15 @@ def load_dit(path: str | os.PathLike, dtype: torch.dtype | None = None, device: 
         readers.update({k: extra.reader(k, readers.get(k)) for k in set(readers) | set(extra.tensors)})
     assign_weights(model, readers, dtype=dtype, device=device, fmt=layout, path=path, optional=[LAYER_ADALN_KEY],
                    keep_float32=keep_float32)
+    if extra is not None and extra.mask_projections is not None:
+        model.mask_projection = load_projections(extra.mask_projections).to(device)
     return model.eval().requires_grad_(False)
 
 
 def save_dit(model: WanDiT, path: str | os.PathLike, dtype: torch.dtype | None = None) -> None:
     """Write a full checkpoint in the original layout, its config (heads, routing policy...) in the metadata."""
     tensors = {k: (v.to(dtype) if dtype is not None and not k.endswith(_FLOAT32_SUFFIXES) else v)
-               for k, v in model.state_dict().items()}
+               for k, v in model.state_dict().items() if not k.startswith("mask_projection.")}
     save_weights_atomic(tensors, path, {METADATA_KEY: json.dumps({"config": model.config.to_dict()})})
 
 
@@ -284,6 +446,7 @@ def save_dit_adapter(model: WanDiT, lora: Mapping[str, tuple[torch.Tensor, torch
         tensors[f"{module}.lora_A.weight"] = down.detach()
         tensors[f"{module}.lora_B.weight"] = up.detach()
     meta = {"format": ADAPTER_FORMAT, "version": 1, "lora_alpha": lora_alpha,
-            "routing_policy": model.config.routing_policy,
+            "routing_policy": model.config.routing_policy, "rope": model.config.rope,
+            "rope_dims": model.config.rope_dims,
             "num_layer_categories": table.shape[0], **(extra or {})}
     save_weights_atomic(tensors, path, {METADATA_KEY: json.dumps(meta)})

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import re
 import sys
 import time
@@ -15,7 +16,9 @@ from pathlib import Path
 
 import torch
 
+from .dit import ROPE_MODES
 from .layers import MAX_FOREGROUNDS, ROUTING_POLICIES
+from .mask_modes import MASK_MODES
 from .sampling import SOLVERS
 
 DTYPES = {"auto": None, "fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -33,6 +36,14 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--model", help="folder holding the DiT, VAE, alpha VAE, text encoder (and adapter)")
     for part in ("dit", "adapter", "vae", "mask-vae", "text-encoder"):
         m.add_argument(f"--{part}", help=f"path of the {part.replace('-', ' ')} (overrides the folder's)")
+    m.add_argument("--mask-mode", choices=MASK_MODES, help="how mattes are decoded (default: the alpha VAE file's, "
+                                                           "else the official run config's, else vae: the plain "
+                                                           "Wan VAE, no file)")
+    m.add_argument("--ema", action="store_true", help="use the EMA weights of an official checkpoint folder "
+                                                       "(ema/ema_model.pt beside the adapter; the authors recommend "
+                                                       "them)")
+    m.add_argument("--rope", choices=ROPE_MODES, help="DiT RoPE; 4d: the official layer-time-height-width one "
+                                                      "(default: what the adapter records, else 3d)")
     p = g.add_argument_group("prompts")
     p.add_argument("--prompt", help="the full-video prompt")
     p.add_argument("--background", default="", help="background prompt (empty: a generic default)")
@@ -154,7 +165,9 @@ def generate(args) -> int:
         device = torch.device(args.device)
     jobs = jobs[rank::world]
     started = time.perf_counter()
-    pipe = load_pipeline(paths, device=device, dtype=DTYPES[args.dtype], offload=not args.no_offload)
+    _show_loading_messages()
+    pipe = load_pipeline(paths, device=device, dtype=DTYPES[args.dtype], offload=not args.no_offload,
+                         rope=args.rope, mask_mode=args.mask_mode, ema=args.ema or None)
     hashes = {part: file_hash(p) for part, p in vars(paths).items() if p is not None}
     for job in jobs:
         keep = load_kept_layers(job.get("keep") or {}, args.frames)
@@ -170,6 +183,16 @@ def generate(args) -> int:
               f"{result.consistency_error():.4f}", flush=True)
     print(f"done: {len(jobs)} sample(s) in {time.perf_counter() - started:.1f} s", flush=True)
     return 0
+
+
+def _show_loading_messages() -> None:
+    """Print what the loaders found and used (e.g. an official run's config.yaml) on stderr."""
+    logger = logging.getLogger("layert2v_core")
+    if not logger.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
 
 
 def _progress(name: str):

@@ -42,6 +42,8 @@ class DiTConfig:
     eps: float = 1e-6
     num_layer_categories: int = SINGLE_FOREGROUND_CATEGORIES
     routing_policy: str = "paper"
+    rope: str = "3d"  # "4d" adds a layer axis (the official code's use_4d_rope), used by layered forwards
+    rope_dims: tuple[int, int, int, int] | None = None  # 4D head split (layer, t, h, w); None: 8:42:40:38
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -79,9 +81,55 @@ def rope_for_grid(tables, frames: int, height: int, width: int, device) -> tuple
     return torch.cos(angles).float().to(device), torch.sin(angles).float().to(device)
 
 
-def apply_rope(x: torch.Tensor, rotation: torch.Tensor) -> torch.Tensor:
-    """Rotate adjacent channel pairs of x [B, L, heads, head_dim] by complex `rotation` [L, 1, head_dim/2] (Wan's
-    complex-pair convention): one complex multiply instead of four real ones and a stack."""
+ROPE_MODES = ("3d", "4d")
+# The official 4D split of a 128-wide head: layer, time, height, width channels.
+OFFICIAL_ROPE_4D_DIMS = (8, 42, 40, 38)
+
+
+def rope_dims_4d(head_dim: int, dims=None) -> tuple[int, int, int, int]:
+    """The (layer, t, h, w) channel split of a head for 4D RoPE: `dims` checked, or the official 8:42:40:38."""
+    if dims is None:
+        if head_dim != 128:
+            raise ValueError(f"4D RoPE has a default head split (8, 42, 40, 38) only for head_dim 128, this model's "
+                             f"is {head_dim}; give rope_dims (layer, t, h, w) that sum to {head_dim}")
+        return OFFICIAL_ROPE_4D_DIMS
+    dims = tuple(int(d) for d in dims)
+    if len(dims) != 4 or sum(dims) != head_dim or any(d <= 0 or d % 2 for d in dims):
+        raise ValueError(f"rope_dims must be four positive even widths (layer, t, h, w) summing to head_dim "
+                         f"{head_dim}, got {dims}")
+    return dims
+
+
+def rope_tables_4d(head_dim: int, dims=None, max_positions: int = 1024,
+                   theta: float = 10000.0) -> tuple[torch.Tensor, ...]:
+    """Angle tables [positions, pairs] for the layer, t, h and w parts of a head (the official 4D RoPE)."""
+    tables = []
+    for width in rope_dims_4d(head_dim, dims):
+        inv = 1.0 / torch.pow(theta, torch.arange(0, width, 2, dtype=torch.float64, device="cpu") / width)
+        tables.append(torch.outer(torch.arange(max_positions, dtype=torch.float64, device="cpu"), inv))
+    return tuple(tables)
+
+
+def rope_for_layered_grid(tables, segments: int, frames: int, height: int, width: int,
+                          device) -> tuple[torch.Tensor, torch.Tensor]:
+    """4D cos, sin [segments*frames*height*width, 1, head_dim/2]: a token's layer position is its segment index
+    and its time position counts from its segment's first frame."""
+    lay, t, h, w = tables
+    size = (segments, frames, height, width)
+    angles = torch.cat([
+        lay[:segments, None, None, None, :].expand(*size, -1),
+        t[None, :frames, None, None, :].expand(*size, -1),
+        h[None, None, :height, None, :].expand(*size, -1),
+        w[None, None, None, :width, :].expand(*size, -1),
+    ], dim=-1).reshape(segments * frames * height * width, 1, -1)
+    return torch.cos(angles).float().to(device), torch.sin(angles).float().to(device)
+
+
+def apply_rope(x: torch.Tensor, rotation: torch.Tensor, sin: torch.Tensor | None = None) -> torch.Tensor:
+    """Rotate adjacent channel pairs of x [B, L, heads, head_dim] by complex `rotation` [L, 1, head_dim/2] (or by
+    cos = `rotation` and `sin`), Wan's complex-pair convention: one complex multiply, not four real ones and a stack."""
+    if sin is not None:
+        rotation = torch.complex(rotation, sin)
     pairs = torch.view_as_complex(x.float().unflatten(-1, (-1, 2)))
     return torch.view_as_real(pairs * rotation).flatten(-2).type_as(x)
 
@@ -223,6 +271,8 @@ class WanDiT(nn.Module):
         cfg = cfg or DiTConfig()
         if cfg.dim % cfg.num_heads or (cfg.dim // cfg.num_heads) % 2:
             raise ValueError(f"dim {cfg.dim} must split into {cfg.num_heads} heads of an even width")
+        if cfg.rope not in ROPE_MODES:
+            raise ValueError(f"rope must be one of {ROPE_MODES}, got {cfg.rope!r}")
         self.config = cfg
         self.gradient_checkpointing = False
         self.patch_embedding = nn.Conv3d(cfg.in_dim, cfg.dim, kernel_size=cfg.patch_size, stride=cfg.patch_size)
@@ -234,6 +284,8 @@ class WanDiT(nn.Module):
         self.head = Head(cfg)
         self.layer_adaln = LayerAdaLN(cfg.num_layer_categories, cfg.dim)
         self._rope = rope_tables(cfg.dim // cfg.num_heads)
+        self._rope_4d = rope_tables_4d(cfg.dim // cfg.num_heads, cfg.rope_dims) if cfg.rope == "4d" else None
+        self.mask_projection = None  # the official 'vae-project' mask mode's projections (mask_modes.py), if any
         self._grid_rope: tuple[tuple, torch.Tensor] | None = None  # (grid, device) -> rotation of its tokens
 
     @property
@@ -272,11 +324,13 @@ class WanDiT(nn.Module):
                                                          requires_grad=self.layer_adaln.layer_modulation.requires_grad)
         self.config.num_layer_categories = spec.num_categories
 
-    def rope(self, grid: tuple[int, int, int], device) -> torch.Tensor:
-        """Complex rotation [tokens, 1, head_dim/2] of a token grid; built once, reused while grid and device hold."""
-        key = (grid, torch.device(device))
+    def rope(self, grid: tuple[int, int, int], layer_spec: LayerSpec | None, device) -> torch.Tensor:
+        """Complex rotation [tokens, 1, head_dim/2] of a token grid (`_rope_for`); built once, reused while the
+        grid, the RoPE's segments and the device hold."""
+        segments = None if self._rope_4d is None or layer_spec is None else layer_spec.num_segments
+        key = (grid, segments, torch.device(device))
         if self._grid_rope is None or self._grid_rope[0] != key:
-            cos, sin = rope_for_grid(self._rope, *grid, device=device)
+            cos, sin = self._rope_for(grid, layer_spec, device)
             self._grid_rope = (key, torch.complex(cos, sin))
         return self._grid_rope[1]
 
@@ -309,6 +363,8 @@ class WanDiT(nn.Module):
             conditioning = self._cached_conditioning(cache, context, layer_spec, prompt_lens, b)
             block_caches = conditioning["blocks"]
 
+        if layer_spec is not None and self.mask_projection is not None:
+            x = self.mask_projection.project_input(x, layer_spec)
         e = self.time_embedding(sinusoidal_embedding(cfg.freq_dim, t).to(self.dtype)).float()
         e0 = self.time_projection(e.to(self.dtype)).float().unflatten(1, (6, cfg.dim))
         rows = conditioning["layer_rows"]
@@ -318,14 +374,23 @@ class WanDiT(nn.Module):
         # Token-major and contiguous from the start: a transposed residual stream would be copied by every norm.
         h = self.patch_embedding(x.to(self.dtype)).flatten(2).transpose(1, 2).to(torch.float32,
                                                                                   memory_format=torch.contiguous_format)
-        rope = self.rope(grid, x.device)
+        rope = self.rope(grid, layer_spec, x.device)
         for i, block in enumerate(self.blocks):
             if self.gradient_checkpointing and torch.is_grad_enabled():
                 h = checkpoint(block, h, e_seg, ctx, rope, bias, use_reentrant=False)
             else:
                 h = block(h, e_seg, ctx, rope, bias, None if block_caches is None else block_caches[i])
-        out = self.head(h, e)
-        return self.unpatchify(out, grid)
+        out = self.unpatchify(self.head(h, e), grid)
+        if layer_spec is not None and self.mask_projection is not None:
+            out = self.mask_projection.project_output(out, layer_spec)
+        return out
+
+    def _rope_for(self, grid: tuple[int, int, int], layer_spec: LayerSpec | None, device):
+        """Wan's 3D RoPE, or with rope "4d" and a layered input the official layer-time-height-width RoPE."""
+        if self._rope_4d is None or layer_spec is None:
+            return rope_for_grid(self._rope, *grid, device=device)
+        segments = layer_spec.num_segments
+        return rope_for_layered_grid(self._rope_4d, segments, grid[0] // segments, grid[1], grid[2], device)
 
     def _conditioning(self, context: torch.Tensor, layer_spec: LayerSpec | None, prompt_lens, batch: int) -> dict:
         """What a forward needs from its conditioning alone: embedded context, routing bias, LayerAdaLN rows."""

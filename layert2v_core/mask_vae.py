@@ -102,6 +102,8 @@ class MaskVAE(nn.Module):
     The RGB VAE passed in is frozen (requires_grad off) and shared, not copied.
     """
 
+    mask_mode = MASK_MODE
+
     def __init__(self, vae: WanVAE, config: MaskVAEConfig = MaskVAEConfig()):
         super().__init__()
         if config.lora_rank < 1:
@@ -205,13 +207,14 @@ def _read_official(path: Path):
         raise CheckpointError(f"{path} holds a {type(state).__name__}, not a mask VAE checkpoint dict")
     if not ("project_in" in state and "decoder_lora" in state):
         if "proj_in" in state or "proj_out" in state:
-            found = "latent projection layers of the 'vae-project' / 'downsample-project' modes"
+            found = ("the 'vae-project' mode's latent projections, which the DiT loads from the official checkpoint "
+                     "folder; mattes then decode with the plain Wan VAE (no alpha VAE file)")
         elif "encoder" in state and "decoder" in state:
-            found = "a dedicated MaskVAE of the 'mask-vae-project' / 'mask-vae-joint' modes"
+            found = "a dedicated MaskVAE of the 'mask-vae-project' / 'mask-vae-joint' modes, not supported yet"
         else:
             found = f"keys {sorted(state)[:6]}"
-        raise CheckpointError(f"{path} holds {found}. Only the paper's '{MASK_MODE}' mask mode is supported: a "
-                              f"mask_vae_lora.pt with 'project_in', 'decoder_lora' and 'config'")
+        raise CheckpointError(f"{path} holds {found}. The '{MASK_MODE}' alpha VAE is a mask_vae_lora.pt with "
+                              f"'project_in', 'decoder_lora' and 'config'")
     cfg = dict(state.get("config") or {})
     lora = {}
     for key, value in state["decoder_lora"].items():

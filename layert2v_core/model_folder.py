@@ -4,7 +4,8 @@ A model folder holds, under any of the names users already have (first match win
   DiT           dit.safetensors | wan2.1_t2v_1.3B_fp16.safetensors | diffusion_pytorch_model.safetensors | transformer/
   adapter       adapter.safetensors | layert2v_adapter.safetensors | adapter/ (official PEFT folder)   (optional)
   RGB VAE       vae.safetensors | wan_2.1_vae.safetensors | Wan2.1_VAE.pth | vae/
-  alpha VAE     mask_vae.safetensors | mask_vae_lora.pt
+  alpha VAE     mask_vae.safetensors | mask_vae_lora.pt | mask_decoder.pt (+ mask_encoder.pt)        (optional;
+                also looked for beside an official adapter folder; none: the plain Wan VAE, 'vae' mask mode)
   text encoder  text_encoder.safetensors | umt5_xxl_fp16.safetensors | umt5_xxl_fp8_e4m3fn_scaled.safetensors |
                 models_t5_umt5-xxl-enc-bf16.pth | text_encoder/
   settings      generation.json: the sampling settings the model was made for (optional; see GENERATION_KEYS)
@@ -26,11 +27,12 @@ CANDIDATES = {
             "diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.safetensors.index.json", "transformer"),
     "adapter": ("adapter.safetensors", "layert2v_adapter.safetensors", "adapter"),
     "vae": ("vae.safetensors", "wan_2.1_vae.safetensors", "Wan2.1_VAE.pth", "vae"),
-    "mask_vae": ("mask_vae.safetensors", "mask_vae_lora.pt"),
+    "mask_vae": ("mask_vae.safetensors", "mask_vae_lora.pt", "mask_decoder.pt"),
     "text_encoder": ("text_encoder.safetensors", "umt5_xxl_fp16.safetensors", "umt5_xxl_fp8_e4m3fn_scaled.safetensors",
                      "models_t5_umt5-xxl-enc-bf16.pth", "text_encoder"),
 }
-OPTIONAL = ("adapter",)
+# Without an alpha VAE file the official 'vae' mask mode applies (the plain Wan VAE decodes mattes).
+OPTIONAL = ("adapter", "mask_vae")
 DEMO_MODEL_NAME = "layert2v-tiny"
 DEMO_MODEL_LABEL = f"{DEMO_MODEL_NAME} (built-in demo)"  # how model pickers (the ComfyUI loaders) list it
 GENERATION_FILE = "generation.json"
@@ -98,6 +100,10 @@ def find_components(folder: str | os.PathLike | None = None, required: tuple[str
             if hit is not None and hit.name.endswith(".index.json"):
                 hit = hit.parent
             setattr(paths, part, hit)
+    if paths.mask_vae is None and explicit.get("mask_vae") is None and paths.adapter is not None \
+            and paths.adapter.is_dir():  # an official checkpoint folder keeps its mask files beside the adapter
+        paths.mask_vae = next((paths.adapter / n for n in CANDIDATES["mask_vae"] if (paths.adapter / n).exists()),
+                              None)
     required = tuple(p for p in CANDIDATES if p not in OPTIONAL) if required is None else required
     missing = [p for p in required if getattr(paths, p) is None]
     if missing:
@@ -109,10 +115,15 @@ def find_components(folder: str | os.PathLike | None = None, required: tuple[str
 
 
 def load_pipeline(paths: ModelPaths, device: str | torch.device = "cpu", dtype: torch.dtype | None = None,
-                  offload: bool = True, vae_tile=None):
-    """Load every part onto the offload device (CPU) and return a LayerT2VPipeline computing on `device`."""
+                  offload: bool = True, vae_tile=None, rope: str | None = None, mask_mode: str | None = None,
+                  ema: bool | None = None):
+    """Load every part onto the offload device (CPU) and return a LayerT2VPipeline computing on `device`.
+
+    rope: the DiT's RoPE ("3d" / "4d"); None takes what the adapter records. mask_mode: see mask_modes.py;
+    None takes the alpha file's, else the official run config's, else 'vae'. ema: an official checkpoint's EMA
+    weights (see load_dit)."""
     from .checkpoints import load_dit
-    from .mask_vae import load_mask_vae
+    from .mask_modes import choose_mask_mode, load_mask_mode
     from .pipeline import LayerT2VPipeline
     from .text import load_text_encoder
     from .vae import load_vae
@@ -120,8 +131,9 @@ def load_pipeline(paths: ModelPaths, device: str | torch.device = "cpu", dtype: 
     home = "cpu" if offload else device
     if dtype is None and torch.device(device).type == "cpu":
         dtype = torch.float32  # half-precision files compute in fp32 on CPU, where fp16 kernels are slow or missing
-    dit = load_dit(paths.dit, dtype=dtype, device=home, adapter=paths.adapter)
+    matte = choose_mask_mode(paths.mask_vae, paths.adapter, mask_mode)  # a missing mask file stops us before loading
+    dit = load_dit(paths.dit, dtype=dtype, device=home, adapter=paths.adapter, rope=rope, ema=ema)
     vae = load_vae(paths.vae, dtype=torch.float32 if torch.device(device).type == "cpu" else None, device=home)
-    mask_vae = load_mask_vae(vae, paths.mask_vae)  # shares the frozen VAE weights, adds only its adapter
+    mask_vae = load_mask_mode(vae, *matte)  # every mode shares the frozen VAE weights; vae-lora adds its adapter
     text_encoder = load_text_encoder(paths.text_encoder, dtype=dtype, device=home)
     return LayerT2VPipeline(dit, vae, mask_vae, text_encoder, device, offload=offload, vae_tile=vae_tile)

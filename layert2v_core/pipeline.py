@@ -151,6 +151,7 @@ class LayerT2VPipeline:
             layers = self.decode(spec, latent)
         settings = dict(frames=frames, height=height, width=width, steps=steps, guidance=guidance, shift=shift,
                         solver=solver, seed=seed, policy=spec.policy, strength=strength, kept=sorted(keep),
+                        rope=self.dit.config.rope, mask_mode=getattr(self.mask_vae, "mask_mode", None),
                         prompts=dict(zip(spec.prompts, text.prompts[0])), negative=text.negative_prompts[0])
         return LayeredVideo(latent=latent[0].cpu(), spec=spec, settings=settings, **layers)
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from layert2v_core.checkpoints import load_dit
-from layert2v_core.mask_vae import load_mask_vae
+from layert2v_core.dit import ROPE_MODES
+from layert2v_core.mask_modes import load_mask_mode
 from layert2v_core.model_folder import DEMO_MODEL_LABEL, DEMO_MODEL_NAME, demo_model_folder, find_components
 from layert2v_core.text import load_text_encoder
 from layert2v_core.vae import load_vae
@@ -15,6 +16,11 @@ from .common import (CATEGORY, DTYPES, MODEL, OFFLOAD_CHOICES, TEXT_ENCODER, VAE
                      readable_errors)
 
 NONE = "none"
+# Alpha choices without a file: the official mask modes that decode mattes with no network of their own.
+FILELESS_MASK_MODES = {"none: plain Wan VAE (official 'vae' mode)": "vae",
+                       "none: downsampled (official 'downsample' mode)": "downsample"}
+AUTO = "auto"
+ROPE_CHOICES = [AUTO, *ROPE_MODES]
 # The embedded demo model's entry in every loader list, so the example workflows run with no downloads.
 BUILTIN = DEMO_MODEL_LABEL
 
@@ -41,6 +47,13 @@ def _model_file(name: str, part: str, *kinds: str) -> Path:
     return host.model_path(kinds[-1], name)
 
 
+def _alpha_choices() -> list[str]:
+    """Alpha VAE files, then the modes that need no file, then the built-in demo's (still last)."""
+    files = _choices(host.ADAPTER_KIND, "vae")
+    builtin = files[-1:] if files[-1:] == [BUILTIN] else []
+    return files[:len(files) - len(builtin)] + list(FILELESS_MASK_MODES) + builtin
+
+
 def _adapter_choices() -> list[str]:
     return list(dict.fromkeys(host.list_models(host.ADAPTER_KIND) + host.list_models("loras")))
 
@@ -63,7 +76,8 @@ class LayerT2VModelLoader:
                            "with the node pack (synthetic shapes only, 48x48, 9 frames; adapter 'none')."}),
             "adapter_name": ([NONE] + _adapter_choices(), {
                 "tooltip": "LayerT2V adapter from models/layert2v (or models/loras): the official PEFT folder's "
-                           "adapter_model file or a LayerT2V .safetensors adapter. 'none' for a merged model."}),
+                           "adapter_model file (its ema/ema_model.pt for the EMA weights, lora_weights.pt for the "
+                           "fallback) or a LayerT2V .safetensors adapter. 'none' for a merged model."}),
             "weight_dtype": (list(DTYPES), {
                 "default": "default",
                 "tooltip": "Compute dtype of the weights. 'default' keeps the file's dtype (fp8 files run in bf16) "
@@ -72,6 +86,11 @@ class LayerT2VModelLoader:
                 "default": "offload between runs",
                 "tooltip": "keep on GPU: fastest, holds VRAM between runs. offload between runs: on the GPU only while "
                            "sampling. block by block: one transformer block on the GPU at a time, for small cards."}),
+        }, "optional": {
+            "rope": (ROPE_CHOICES, {
+                "default": AUTO,
+                "tooltip": "auto: what the adapter records (an official run's config.yaml use_4d_rope, our adapter's "
+                           "metadata), else Wan's 3D RoPE. 4d: the official layer-time-height-width RoPE."}),
         }}
 
     RETURN_TYPES = (MODEL,)
@@ -81,14 +100,16 @@ class LayerT2VModelLoader:
     CATEGORY = CATEGORY
     DESCRIPTION = "Loads the Wan2.1 DiT with the LayerT2V adapter (LayerAdaLN + layered cross-attention)."
 
-    def load(self, model_name: str, adapter_name: str, weight_dtype: str, offload: str):
+    def load(self, model_name: str, adapter_name: str, weight_dtype: str, offload: str, rope: str | None = None):
         with readable_errors("Load LayerT2V Model"):
             if offload not in OFFLOAD_CHOICES:
                 raise ValueError(f"offload must be one of {list(OFFLOAD_CHOICES)}, got {offload!r}")
             path = _model_file(model_name, "dit", "diffusion_models")
             adapter = None if adapter_name == NONE else _adapter_path(adapter_name)
+            if rope not in (None, *ROPE_CHOICES):
+                raise ValueError(f"rope must be one of {ROPE_CHOICES}, got {rope!r}")
             dit = load_dit(path, dtype=DTYPES[weight_dtype] or host.default_dtype(), device=host.offload_device(),
-                           adapter=adapter)
+                           adapter=adapter, rope=None if rope in (None, AUTO) else rope)
         return (LoadedModel(dit, offload, model_name),)
 
 
@@ -99,10 +120,12 @@ class LayerT2VVAELoader:
             "vae_name": (_choices("vae"), {
                 "tooltip": "Wan2.1 VAE from models/vae (wan_2.1_vae.safetensors or Wan2.1_VAE.pth), or the built-in "
                            "demo model's."}),
-            "alpha_vae_name": (_choices(host.ADAPTER_KIND, "vae"), {
+            "alpha_vae_name": (_alpha_choices(), {
                 "tooltip": "LayerT2V alpha-matte VAE adapter from models/layert2v (or models/vae): the official "
                            "mask_vae_lora.pt or a LayerT2V mask VAE .safetensors. It shares the RGB VAE's weights, "
-                           "so pick the one made for that VAE (the built-in demo's goes with the built-in VAE)."}),
+                           "so pick the one made for that VAE (the built-in demo's goes with the built-in VAE). "
+                           "An official run's mask_decoder.pt (with mask_encoder.pt beside it): its "
+                           "'downsample-project' mode. 'none: ...': the official modes that need no file."}),
             "tiling": (["off", "on"], {
                 "default": "off",
                 "tooltip": "Encode/decode in overlapping spatial tiles to bound VRAM (slightly slower; seams are "
@@ -126,7 +149,10 @@ class LayerT2VVAELoader:
             tile = Tiling(tile_size, tile_overlap) if tiling == "on" else None
             vae = load_vae(_model_file(vae_name, "vae", "vae"), dtype=host.default_dtype(),
                            device=host.offload_device())
-            mask_vae = load_mask_vae(vae, _model_file(alpha_vae_name, "mask_vae", host.ADAPTER_KIND, "vae"))
+            if alpha_vae_name in FILELESS_MASK_MODES:
+                mask_vae = load_mask_mode(vae, FILELESS_MASK_MODES[alpha_vae_name])
+            else:
+                mask_vae = load_mask_mode(vae, None, _model_file(alpha_vae_name, "mask_vae", host.ADAPTER_KIND, "vae"))
         return (LoadedVAE(vae, mask_vae, tile),)
 
 

@@ -71,9 +71,9 @@ def test_a_cache_refuses_another_conditioning_and_autograd():
 
 def test_rope_rotation_is_built_once_per_grid_and_rotates_pairs():
     model = tiny(num_layers=1)
-    first = model.rope((2, 3, 4), "cpu")
-    assert model.rope((2, 3, 4), "cpu") is first
-    other = model.rope((1, 3, 4), "cpu")
+    first = model.rope((2, 3, 4), None, "cpu")
+    assert model.rope((2, 3, 4), None, "cpu") is first
+    other = model.rope((1, 3, 4), None, "cpu")
     assert other.shape[0] == 12 and other is not first
     # Independent statement of Wan's pair rotation: (a, b) -> (a cos - b sin, a sin + b cos).
     cos, sin = rope_for_grid(model._rope, 2, 3, 4, "cpu")
@@ -81,6 +81,18 @@ def test_rope_rotation_is_built_once_per_grid_and_rotates_pairs():
     a, b = x[..., 0::2], x[..., 1::2]
     expected = torch.stack([a * cos - b * sin, a * sin + b * cos], dim=-1).flatten(-2)
     assert (apply_rope(x, first) - expected).abs().max() <= 1e-6 * expected.abs().max()
+
+
+def test_rope_rotation_follows_the_4d_layer_axis_of_layered_forwards():
+    torch.manual_seed(0)
+    model = WanDiT(DiTConfig(dim=64, num_heads=1, ffn_dim=128, num_layers=1, text_dim=32, freq_dim=32, text_len=24,
+                             rope="4d", rope_dims=(8, 20, 18, 18)))
+    grid, spec = (4, 2, 3), LayerSpec(1)
+    layered = model.rope(grid, spec, "cpu")
+    assert torch.equal(layered, torch.complex(*model._rope_for(grid, spec, "cpu")))
+    plain = model.rope(grid, None, "cpu")
+    assert not torch.equal(plain, layered)
+    assert torch.equal(plain, torch.complex(*model._rope_for(grid, None, "cpu")))
 
 
 def test_fp8_linear_matches_its_dequantised_weight_and_the_original_within_fp8_rounding():

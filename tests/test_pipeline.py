@@ -99,7 +99,7 @@ def test_bad_requests_fail_before_any_model_runs(pipe, monkeypatch):
 
 def test_missing_parts_are_named(tmp_path, folder):
     (tmp_path / "dit.safetensors").write_bytes((folder / "dit.safetensors").read_bytes())
-    with pytest.raises(FileNotFoundError, match=r"missing model part\(s\) \['vae', 'mask_vae', 'text_encoder'\]"):
+    with pytest.raises(FileNotFoundError, match=r"missing model part\(s\) \['vae', 'text_encoder'\]"):
         find_components(tmp_path)
 
 

@@ -65,7 +65,8 @@ def stage_config(plan: dict, work: Path, name: str, **options) -> "TrainConfig":
     """A TrainConfig for one step of the build, every value spelled out (the model card records them)."""
     base = {"frames": plan["frames"], "height": plan["size"], "width": plan["size"], "batch_size": plan["batch"],
             "num_workers": 0, "cpu": True, "log_every": 50, "save_every": 100000, "keep_last": 1,
-            "warmup_steps": 50, "output_dir": str(work / name), "seed": 0}
+            "warmup_steps": 50, "output_dir": str(work / name), "seed": 0,
+            "t_mean": 0.5}  # the shipped demo model was trained with t = sigmoid(N(0.5, 1))
     base.update(options)
     argv = []
     for key, value in base.items():

@@ -42,7 +42,7 @@ def is_cache(path: str | os.PathLike) -> bool:
 @torch.no_grad()
 def build_cache(cfg, out: str | os.PathLike, shard_size: int = 64, device="cpu") -> Path:
     """Encode every usable sample of cfg.data once; returns the cache folder."""
-    from train.data import LayeredVideoDataset
+    from train.data import LayeredVideoDataset, collate_layered, layer_videos
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -65,8 +65,7 @@ def build_cache(cfg, out: str | os.PathLike, shard_size: int = 64, device="cpu")
         item = dataset[index]
         n = item["alphas"].shape[0]
         spec = LayerSpec(n)
-        layers = {"full": item["full"][None], "bg": item["background"][None],
-                  **{f"mask{i + 1}": item["alphas"][i][None] for i in range(n)}}
+        layers = layer_videos(collate_layered([item]))
         latent = encode_layers(vae, mask_vae, spec, {k: v.to(device) for k, v in layers.items()})
         captions = item["captions"]
         context = encode_layer_prompts(text, spec, captions["full"], captions["background"],

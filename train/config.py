@@ -30,6 +30,7 @@ class TrainConfig:
     text_encoder: str = ""
     adapter: str = ""                   # stage 3: the stage-2 adapter to continue from
     routing_policy: str = "paper"
+    rope: str = "3d"                    # "4d": the official 4D RoPE (its training configs use 3d); kept in the adapter
     # optimisation (paper appendix A)
     lr: float = 1e-4
     weight_decay: float = 0.01
@@ -38,7 +39,7 @@ class TrainConfig:
     batch_size: int = 8                 # per process; effective batch = batch_size x processes x grad_accum
     grad_accum: int = 1
     max_grad_norm: float = 1.0
-    t_mean: float = 0.5                 # t ~ logit-normal(t_mean, t_std)
+    t_mean: float = 0.0                 # t = sigmoid(N(t_mean, t_std)); 0 centres t on 0.5 as the official trainer
     t_std: float = 1.0
     t_shift: float = 1.0
     ema_decay: float = 0.0              # 0 = no EMA
@@ -80,6 +81,8 @@ class TrainConfig:
             problems.append(f"frames must be 4k+1, got {self.frames}")
         if self.height % 16 or self.width % 16:
             problems.append(f"height and width must be multiples of 16, got {self.height}x{self.width}")
+        if self.rope not in ("3d", "4d"):
+            problems.append(f"rope must be 3d or 4d, got {self.rope!r}")
         if self.mixed_precision not in ("no", "bf16", "fp16"):
             problems.append(f"mixed_precision must be no, bf16 or fp16, got {self.mixed_precision!r}")
         for name in ("batch_size", "grad_accum", "max_steps", "save_every", "log_every", "keep_last"):

@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset, Sampler
 
+from layert2v_core.layered_latent import unpremultiply
 from layert2v_core.layers import MAX_FOREGROUNDS
 from layert2v_core.video_io import read_video
 from train.vidlayer_layout import SampleEntry, discover
@@ -92,9 +93,10 @@ def resize_and_crop(video: torch.Tensor, height: int, width: int) -> torch.Tenso
     return video.contiguous()
 
 
-def read_layers(entry: SampleEntry) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
-    """Full, background [T, H, W, 3] and alphas [T, H, W] (mask channel mean) in [0, 1]; SampleError if any file is
-    unreadable or the layers differ in frame count or size."""
+def read_layers(entry: SampleEntry) -> tuple[np.ndarray, np.ndarray, list[np.ndarray], list[np.ndarray]]:
+    """Full, background [T, H, W, 3], alphas [T, H, W] (mask channel mean) and the optional foreground clips
+    [T, H, W, 3] (none, or one per alpha) in [0, 1]; SampleError if any file is unreadable or the layers differ in
+    frame count or size."""
     def read(path: Path, what: str) -> np.ndarray:
         try:
             frames, _ = read_video(path)
@@ -105,15 +107,17 @@ def read_layers(entry: SampleEntry) -> tuple[np.ndarray, np.ndarray, list[np.nda
     full = read(entry.full, "full video")[..., :3]
     background = read(entry.background, "background")[..., :3]
     alphas = [np.clip(read(m, f"mask {i}")[..., :3].mean(-1), 0.0, 1.0) for i, m in enumerate(entry.masks, 1)]
+    clips = [read(c, f"foreground {i}")[..., :3] for i, c in enumerate(entry.foregrounds, 1)]
     shapes = {"full": full.shape[:3], "background": background.shape[:3],
-              **{f"mask {i}": a.shape for i, a in enumerate(alphas, 1)}}
+              **{f"mask {i}": a.shape for i, a in enumerate(alphas, 1)},
+              **{f"foreground {i}": c.shape[:3] for i, c in enumerate(clips, 1)}}
     if len({s[1:] for s in shapes.values()}) > 1:
         sizes = ", ".join(f"{name} {s[2]}x{s[1]}" for name, s in shapes.items())
         raise SampleError("size mismatch", f"layers differ in frame size: {sizes}")
     if len({s[0] for s in shapes.values()}) > 1:
         counts = ", ".join(f"{name} {s[0]}" for name, s in shapes.items())
         raise SampleError("frame count mismatch", f"layers differ in frame count: {counts}")
-    return full, background, alphas
+    return full, background, alphas, clips
 
 
 def _to_video(frames: np.ndarray, indices: np.ndarray) -> torch.Tensor:
@@ -175,17 +179,20 @@ class LayeredVideoDataset(Dataset):
     def load(self, index: int) -> dict[str, Any]:
         """Sample `index` as tensors; SampleError if it cannot be used."""
         entry = self.entries[index]
-        full, background, alphas = read_layers(entry)
+        full, background, alphas, clips = read_layers(entry)
         rng = np.random.default_rng([self.seed, self.epoch, index])
         picked = frame_indices(full.shape[0], self.frames, self.sampling, rng)
         size = (self.height, self.width)
         full_video = resize_and_crop(_to_video(full, picked), *size)
         background_video = resize_and_crop(_to_video(background, picked), *size)
         alpha_videos = torch.stack([resize_and_crop(_to_video(a, picked), *size).clamp(0, 1) for a in alphas])
-        foregrounds = full_video[None] * alpha_videos
+        if clips:  # the dataset's own premultiplied foregrounds
+            foregrounds = torch.stack([resize_and_crop(_to_video(c, picked), *size) for c in clips])
+        else:
+            foregrounds = full_video[None] * alpha_videos
         return {"full": full_video * 2 - 1, "background": background_video * 2 - 1,
                 "foregrounds": foregrounds * 2 - 1, "alphas": alpha_videos, "captions": entry.captions,
-                "id": entry.id}
+                "id": entry.id, "foreground_clips": bool(clips)}
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         wanted = self.entries[index].num_foregrounds
@@ -219,7 +226,21 @@ def collate_layered(batch: Sequence[dict[str, Any]]) -> dict[str, Any]:
                            "background": [item["captions"]["background"] for item in batch],
                            "foregrounds": [list(item["captions"]["foregrounds"]) for item in batch]}
     stacked["id"] = [item["id"] for item in batch]
+    stacked["foreground_clips"] = torch.tensor([item.get("foreground_clips", False) for item in batch])
     return stacked
+
+
+def layer_videos(batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """The `encode_layers` inputs of a batch: full, bg, mask_i, and fg_i (straight colour) where the samples
+    brought their own foreground clips; otherwise encode_layers derives fg_i = full x alpha_i, as the paper."""
+    count = batch["alphas"].shape[1]
+    layers = {"full": batch["full"], "bg": batch["background"],
+              **{f"mask{i + 1}": batch["alphas"][:, i] for i in range(count)}}
+    if bool(torch.as_tensor(batch.get("foreground_clips", False)).any()):
+        # Premultiplied clips back to straight colour (full x alpha gives full again where alpha > 0).
+        layers.update({f"fg{i + 1}": unpremultiply(batch["foregrounds"][:, i], batch["alphas"][:, i])
+                       for i in range(count)})
+    return layers
 
 
 class ForegroundGroupBatchSampler(Sampler[list[int]]):
@@ -314,7 +335,7 @@ def check_dataset(source: str | Path, frames: int | None = None,
             if entry.num_foregrounds > max_foregrounds:
                 raise SampleError("too many foregrounds", f"has {entry.num_foregrounds} foregrounds, at most "
                                   f"{max_foregrounds} are supported")
-            full, _, _ = read_layers(entry)
+            full = read_layers(entry)[0]
             if frames is not None and full.shape[0] < frames:
                 raise SampleError("too few frames", f"has {full.shape[0]} frames, needs at least {frames}")
         except SampleError as error:

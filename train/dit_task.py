@@ -21,7 +21,7 @@ from layert2v_core.vae import load_vae
 
 from .cache import CachedLayers, collate_cached, is_cache
 from .config import TrainConfig
-from .data import LayeredVideoDataset, collate_layered
+from .data import LayeredVideoDataset, collate_layered, layer_videos
 from .losses import (consistency_loss, downsample_mask, flow_matching_loss, mask_reconstruction_loss, noisy_latent,
                      predicted_x0, sample_sigmas)
 
@@ -58,7 +58,7 @@ class DiTTask:
         parts = find_components(cfg.model or None, needed, dit=cfg.dit or None, vae=cfg.vae or None,
                                 mask_vae=cfg.mask_vae or None, text_encoder=cfg.text_encoder or None)
         dtype = torch.bfloat16 if cfg.mixed_precision == "bf16" else torch.float32
-        self.dit = load_dit(parts.dit, dtype=dtype, device=device)
+        self.dit = load_dit(parts.dit, dtype=dtype, device=device, rope=cfg.rope)
         self.dit.config.routing_policy = cfg.routing_policy
         self.dit.extend_layer_categories(cfg.max_foregrounds)
         self.dit.gradient_checkpointing = cfg.gradient_checkpointing
@@ -109,9 +109,8 @@ class DiTTask:
         device = self.dit.device
         if "latent" in batch:
             return batch["latent"].to(device), batch["context"].to(device), batch["prompt_lens"]
-        # Foregrounds are full x alpha (the paper's definition), which encode_layers derives from full and mask.
-        layers = {"full": batch["full"].to(device), "bg": batch["background"].to(device),
-                  **{f"mask{i + 1}": batch["alphas"][:, i].to(device) for i in range(spec.num_foregrounds)}}
+        # Foregrounds: the samples' own clips, else full x alpha (the paper's), which encode_layers derives.
+        layers = {name: video.to(device) for name, video in layer_videos(batch).items()}
         latent = encode_layers(self.vae, self.mask_vae, spec, layers)
         captions = batch["captions"]
         text = batch_layered_contexts([

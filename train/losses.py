@@ -14,9 +14,10 @@ import torch.nn.functional as F
 from layert2v_core.composite import recompose
 
 
-def sample_sigmas(batch: int, generator: torch.Generator, mean: float = 0.5, std: float = 1.0,
+def sample_sigmas(batch: int, generator: torch.Generator, mean: float = 0.0, std: float = 1.0,
                   shift: float = 1.0, device="cpu") -> torch.Tensor:
-    """Flow-matching noise levels t ~ logit-normal(mean, std) (optionally shifted like the sampler)."""
+    """Flow-matching noise levels t = sigmoid(N(mean, std)) (optionally shifted like the sampler); mean 0 is the
+    official trainer's, with t's median at 0.5."""
     t = torch.sigmoid(mean + std * torch.randn(batch, generator=generator)).to(device)
     return shift * t / (1 + (shift - 1) * t)
 

@@ -19,7 +19,7 @@ On disk (train/vidlayer_layout.py documents the layout): VidLayer sample folders
 `mask_2`, `mask_3` and the lists `captions.foregrounds` and `paths.mask_videos`; N = 1 folders are plain VidLayer.
 
     python train/synthetic.py --out DIR --samples N --seed S --frames 17 --height 64 --width 64 \
-        --max-foregrounds 3 [--lossless] [--split train|eval] [--jsonl]
+        --max-foregrounds 3 [--lossless] [--split train|eval] [--jsonl] [--static-camera]
 """
 from __future__ import annotations
 
@@ -191,13 +191,15 @@ def _periodic_noise(grid: torch.Tensor, u: torch.Tensor, v: torch.Tensor) -> tor
 
 
 def _background(style: BackgroundStyle, frames: int, height: int, width: int, rng: random.Random,
-                generator: torch.Generator) -> torch.Tensor:
-    """[3, T, H, W] texture drifting over the clip; its pattern parameters come from `rng`."""
+                generator: torch.Generator, static: bool = False) -> torch.Tensor:
+    """[3, T, H, W] texture drifting over the clip (held still when `static`); its pattern parameters come from
+    `rng`."""
     x, y, t = _grid(frames, height, width)
     unit = float(min(height, width))
     x, y = x / unit, y / unit
     angle = rng.uniform(0, 2 * math.pi)
     drift = rng.uniform(0.15, 0.35)  # distance the texture travels over the clip, in frame sizes
+    drift = 0.0 if static else drift  # drawn either way, so a static sample differs from its drifting twin only here
     dx, dy = math.cos(angle) * drift, math.sin(angle) * drift
     u, v = x - dx * t, y - dy * t
     if style.pattern == "stripes":
@@ -331,11 +333,13 @@ def _choose_layers(count: int, background: str, split: str, rng: random.Random) 
 
 
 def generate_sample(seed: int, frames: int = 17, height: int = 64, width: int = 64, max_foregrounds: int = 3,
-                    split: str = "train", num_foregrounds: int | None = None) -> LayeredSample:
+                    split: str = "train", num_foregrounds: int | None = None,
+                    static_camera: bool = False) -> LayeredSample:
     """One layered sample, a pure function of its arguments.
 
     num_foregrounds: 1..3, or None to draw it uniformly from 1..max_foregrounds. split: "train" (no held-out
-    combination) or "eval" (only held-out combinations).
+    combination) or "eval" (only held-out combinations). static_camera: the background texture stands still (a
+    locked-off camera) instead of drifting.
     """
     if split not in ("train", "eval"):
         raise ValueError(f"split must be 'train' or 'eval', got {split!r}")
@@ -350,7 +354,7 @@ def generate_sample(seed: int, frames: int = 17, height: int = 64, width: int = 
         raise ValueError(f"num_foregrounds must be 1..{MAX_FOREGROUNDS}, got {count}")
     background_name = rng.choice(list(BACKGROUNDS))
     layers = _choose_layers(count, background_name, split, rng)
-    background = _background(BACKGROUNDS[background_name], frames, height, width, rng, generator)
+    background = _background(BACKGROUNDS[background_name], frames, height, width, rng, generator, static_camera)
 
     # Draw paths until the shapes stay apart over the whole clip; keep the best try if none does.
     size = min(height, width)
@@ -388,12 +392,13 @@ def write_sample(sample: LayeredSample, folder: str | os.PathLike, lossless: boo
 
 def write_dataset(out: str | os.PathLike, samples: int, seed: int = 0, frames: int = 17, height: int = 64,
                   width: int = 64, max_foregrounds: int = 3, split: str = "train", lossless: bool = False,
-                  jsonl: bool = False, fps: float = 16.0) -> list[Path]:
+                  jsonl: bool = False, fps: float = 16.0, static_camera: bool = False) -> list[Path]:
     """Generate and write `samples` sample folders out/sample_00000 ...; with jsonl, also out/samples.jsonl."""
     out = Path(out)
     folders = []
     for index in range(samples):
-        sample = generate_sample(sample_seed(seed, index), frames, height, width, max_foregrounds, split)
+        sample = generate_sample(sample_seed(seed, index), frames, height, width, max_foregrounds, split,
+                                 static_camera=static_camera)
         folders.append(write_sample(sample, out / f"sample_{index:05d}", lossless=lossless, fps=fps))
     if jsonl:
         write_jsonl(out / "samples.jsonl", folders)
@@ -416,12 +421,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lossless", action="store_true", help="PNG frame folders instead of mp4 (exact to 8 bits)")
     parser.add_argument("--jsonl", action="store_true", help="also write samples.jsonl indexing the samples")
     parser.add_argument("--fps", type=float, default=16.0)
+    parser.add_argument("--static-camera", action="store_true", help="backgrounds stand still instead of drifting")
     args = parser.parse_args(argv)
     if args.samples < 1:
         parser.error("--samples must be at least 1")
     started = time.perf_counter()
     folders = write_dataset(args.out, args.samples, args.seed, args.frames, args.height, args.width,
-                            args.max_foregrounds, args.split, args.lossless, args.jsonl, args.fps)
+                            args.max_foregrounds, args.split, args.lossless, args.jsonl, args.fps,
+                            args.static_camera)
     print(f"wrote {len(folders)} {args.split} sample(s) to {args.out} "
           f"({'PNG' if args.lossless else 'mp4'}, {time.perf_counter() - started:.1f} s)")
     return 0

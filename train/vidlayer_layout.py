@@ -17,17 +17,25 @@ Extension for several foregrounds (N = 2, 3), which leaves every single-foregrou
   - `paths.mask_videos`: the list of all N mask paths (`paths.mask_video` stays fg 1's).
   A folder without these lists has one foreground. The official reader sees an N > 1 folder as foreground 1 only.
 
+Optional foreground clip (the released VidLayer has one for some samples): `foreground.mp4` (`foreground_2.mp4` ...
+for more foregrounds) or `paths.foreground_video` / `paths.foreground_videos`; it is the premultiplied foreground
+(full x alpha) and replaces that product in training. Without it the foreground is full x alpha.
+
+The released VidLayer is organised by source (VIDGEN/, GOT-10K/, Youtube-VOS/, MOSEv1/, MOSEv2/): sample folders
+are found at any depth below the dataset folder, and a sample's id is its path relative to it (e.g. MOSEv2/0042).
+
 Lossless variant: the same names without `.mp4` are folders of 8-bit PNG frames (`full_video/`, `background/`,
 `mask/`, `mask_2/` ...), named in `paths`. Paths in `paths` are relative to the sample folder unless absolute; a
 missing entry means the default `.mp4` name in the folder.
 
 jsonl layout: one JSON object per line with `vid` (full video), `entry.pha_video_path` (mask), `entry.bg_path`,
-`overall_description`, `foreground_prompt`, `background_prompt`; paths relative to the jsonl's folder unless
-absolute. Several foregrounds: `entry.pha_video_paths` and `foreground_prompts` lists, as above. Missing captions
+`overall_description`, `foreground_prompt`, `background_prompt`, optionally `entry.fg_path` (the foreground clip);
+paths relative to the jsonl's folder unless absolute. Several foregrounds: `entry.pha_video_paths` and `foreground_prompts` lists, as above. Missing captions
 get the official reader's defaults.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -42,7 +50,7 @@ from layert2v_core.atomic import replace_folder, write_json, write_text
 from layert2v_core.video_io import video_to_frames, write_video
 
 METADATA = "metadata.json"
-FULL_NAME, BACKGROUND_NAME, MASK_NAME = "full_video", "background", "mask"
+FULL_NAME, BACKGROUND_NAME, MASK_NAME, FOREGROUND_NAME = "full_video", "background", "mask", "foreground"
 VIDEO_SUFFIX = ".mp4"
 # The official reader's fallbacks for captions a jsonl row leaves out.
 DEFAULT_CAPTIONS = {"full": "A video.", "foreground": "An object.", "background": "A background."}
@@ -59,6 +67,7 @@ class SampleEntry:
     caption_full: str
     caption_background: str
     caption_foregrounds: tuple[str, ...]
+    foregrounds: tuple[Path, ...] = ()  # optional premultiplied foreground clips, one per mask, or none
 
     @property
     def num_foregrounds(self) -> int:
@@ -73,6 +82,11 @@ class SampleEntry:
 def mask_name(number: int) -> str:
     """File stem of foreground `number`'s alpha: mask, mask_2, mask_3."""
     return MASK_NAME if number == 1 else f"{MASK_NAME}_{number}"
+
+
+def foreground_name(number: int) -> str:
+    """File stem of foreground `number`'s optional clip: foreground, foreground_2, foreground_3."""
+    return FOREGROUND_NAME if number == 1 else f"{FOREGROUND_NAME}_{number}"
 
 
 # ---------------------------------------------------------------- writing
@@ -195,8 +209,17 @@ def read_sample_folder(folder: str | os.PathLike) -> SampleEntry:
     fg_captions = _foreground_list(captions.get("foreground"), captions.get("foregrounds"), "captions.foregrounds")
     if len(fg_captions) != len(masks):
         raise ValueError(f"{len(masks)} mask(s) but {len(fg_captions)} foreground caption(s) in {METADATA}")
+    if paths.get("foreground_video") is not None or paths.get("foreground_videos") is not None:
+        clip_values = _foreground_list(paths.get("foreground_video"), paths.get("foreground_videos"),
+                                       "paths.foreground_videos")
+        clips = tuple(_resolve(folder, c, "a foreground path") for c in clip_values)
+    else:
+        clips = tuple(folder / (foreground_name(i) + VIDEO_SUFFIX) for i in range(1, len(masks) + 1))
+        clips = clips if all(c.exists() for c in clips) else ()
+    if clips and len(clips) != len(masks):
+        raise ValueError(f"{len(masks)} mask(s) but {len(clips)} foreground clip(s) in {METADATA}")
     return SampleEntry(
-        id=folder.name, full=full, background=background, masks=masks,
+        id=folder.name, full=full, background=background, masks=masks, foregrounds=clips,
         caption_full=_caption(captions.get("full"), "captions.full"),
         caption_background=_caption(captions.get("background"), "captions.background"),
         caption_foregrounds=tuple(_caption(c, "a foreground caption") for c in fg_captions))
@@ -217,9 +240,15 @@ def parse_jsonl_row(row: Any, base: Path) -> SampleEntry:
                                    row.get("foreground_prompts"), "foreground_prompts")
     if len(fg_captions) != len(masks):
         raise ValueError(f"{len(masks)} mask(s) but {len(fg_captions)} foreground prompt(s)")
+    clips = ()
+    if entry.get("fg_path") is not None or entry.get("fg_paths") is not None:
+        clips = tuple(_resolve(base, c, "entry.fg_path")
+                      for c in _foreground_list(entry.get("fg_path"), entry.get("fg_paths"), "entry.fg_paths"))
+        if len(clips) != len(masks):
+            raise ValueError(f"{len(masks)} mask(s) but {len(clips)} foreground clip(s)")
     return SampleEntry(
         id=str(row.get("vid")), full=full, background=_resolve(base, entry.get("bg_path"), "entry.bg_path"),
-        masks=masks,
+        masks=masks, foregrounds=clips,
         caption_full=_caption(row.get("overall_description", DEFAULT_CAPTIONS["full"]), "overall_description"),
         caption_background=_caption(row.get("background_prompt", DEFAULT_CAPTIONS["background"]),
                                     "background_prompt"),
@@ -229,7 +258,8 @@ def parse_jsonl_row(row: Any, base: Path) -> SampleEntry:
 def discover(source: str | os.PathLike) -> tuple[list[SampleEntry], list[tuple[str, str]]]:
     """All samples of a dataset: (entries, bad) with bad = [(sample id, reason)] for what could not be parsed.
 
-    source: a .jsonl file, a folder of sample folders, or one sample folder (holding metadata.json).
+    source: a .jsonl file, a folder of sample folders (at any depth, e.g. one folder per VidLayer source), or one
+    sample folder (holding metadata.json).
     """
     source = Path(source)
     entries: list[SampleEntry] = []
@@ -247,14 +277,34 @@ def discover(source: str | os.PathLike) -> tuple[list[SampleEntry], list[tuple[s
     if not source.is_dir():
         raise FileNotFoundError(f"no dataset at {source}: give a folder of sample folders (each with {METADATA}) "
                                 f"or a .jsonl file")
-    folders = [source] if (source / METADATA).is_file() else sorted(
-        p for p in source.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if (source / METADATA).is_file():
+        folders = [source]
+    else:
+        folders = list(_sample_folders(source))
     for folder in folders:
+        sample_id = folder.name if folder == source else folder.relative_to(source).as_posix()
         try:
-            entries.append(read_sample_folder(folder))
+            entries.append(dataclasses.replace(read_sample_folder(folder), id=sample_id))
         except ValueError as error:
-            bad.append((folder.name, str(error)))
+            bad.append((sample_id, str(error)))
     return entries, bad
+
+
+_SAMPLE_FILE_SUFFIXES = (VIDEO_SUFFIX, ".json", ".png", ".jpg")  # a folder holding these is a sample, not a source
+
+
+def _sample_folders(root: Path) -> Iterable[Path]:
+    """Folders below `root` that hold metadata.json (not looked into further), or that hold nothing to descend
+    into (reported as bad samples); hidden names are skipped."""
+    for child in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        if (child / METADATA).is_file():
+            yield child
+            continue
+        inner = [p for p in child.iterdir() if p.is_dir() and not p.name.startswith(".")]
+        if inner and not any(p.is_file() and p.suffix.lower() in _SAMPLE_FILE_SUFFIXES for p in child.iterdir()):
+            yield from _sample_folders(child)
+        else:
+            yield child
 
 
 def entries_by_foregrounds(entries: Sequence[SampleEntry]) -> dict[int, list[int]]:

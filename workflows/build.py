@@ -100,7 +100,7 @@ def _loaders(p: Profile) -> dict:
     return {
         "1": {"class_type": "LayerT2VModelLoader",
               "inputs": {"model_name": f["model_name"], "adapter_name": f["adapter_name"], "weight_dtype": "default",
-                         "offload": "offload between runs"}},
+                         "offload": "offload between runs", "rope": "auto"}},
         "2": {"class_type": "LayerT2VVAELoader",
               "inputs": {"vae_name": f["vae_name"], "alpha_vae_name": f["alpha_vae_name"], "tiling": "off",
                          "tile_size": 256, "tile_overlap": 64}},
