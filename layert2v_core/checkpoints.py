@@ -403,6 +403,10 @@ def load_dit(path: str | os.PathLike, dtype: torch.dtype | None = None, device: 
         raise CheckpointError(f"{path}: detected the {layout} layout but tensor {missing} is missing; the file is "
                               f"partial or not a Wan2.1 T2V model") from None
 
+    if cfg.in_dim != cfg.out_dim:
+        raise CheckpointError(f"{path}: a DiT with {cfg.in_dim} input channels and {cfg.out_dim} output channels, "
+                              f"e.g. an image-to-video model; LayerT2V needs a text-to-video DiT, which takes as many "
+                              f"channels as it gives (Wan2.1 T2V 1.3B: 16)")
     if dtype is None:
         file_dtype = source[names["blocks.0.ffn.0.weight"]].dtype
         dtype = torch.bfloat16 if not file_dtype.is_floating_point or file_dtype.itemsize == 1 else file_dtype
@@ -420,12 +424,34 @@ def load_dit(path: str | os.PathLike, dtype: torch.dtype | None = None, device: 
         if unknown:
             raise CheckpointError(f"{extra.source} does not fit this DiT: it targets {sorted(unknown)[:5]}, which "
                                   f"the model does not have; pick the adapter trained for this base model")
+        _check_adapter_fits(extra, model, path)
         readers.update({k: extra.reader(k, readers.get(k)) for k in set(readers) | set(extra.tensors)})
     assign_weights(model, readers, dtype=dtype, device=device, fmt=layout, path=path, optional=[LAYER_ADALN_KEY],
                    keep_float32=keep_float32)
     if extra is not None and extra.mask_projections is not None:
         model.mask_projection = load_projections(extra.mask_projections).to(device)
     return model.eval().requires_grad_(False)
+
+
+def _check_adapter_fits(adapter: Adapter, model: WanDiT, path: Path) -> None:
+    """Every LoRA pair and replaced tensor matches the model's weight, before any tensor is read."""
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    dim = model.config.dim
+    for module, (down, up, _) in sorted(adapter.lora.items()):
+        out_features, in_features = expected.get(f"{module}.weight", (None, None))[:2]
+        if out_features is None or (up.shape[0], down.shape[1]) == (out_features, in_features) and \
+                up.shape[1] == down.shape[0]:
+            continue
+        width = down.shape[1] if in_features == dim else up.shape[0]  # the side of the module that is the width
+        raise CheckpointError(f"{adapter.source} was made for another DiT: its LoRA on {module} maps "
+                              f"{down.shape[1]} -> {up.shape[0]} features (a model of width {width}), but {path} "
+                              f"is a model of width {dim} whose {module} maps {in_features} -> {out_features}; pick "
+                              f"the adapter trained for this base model")
+    for key, tensor in sorted(adapter.tensors.items()):
+        if key in expected and tuple(tensor.shape) != expected[key]:
+            raise CheckpointError(f"{adapter.source} was made for another DiT: its {key} is {tuple(tensor.shape)}, "
+                                  f"but {path} (width {dim}) needs {expected[key]}; pick the adapter trained for "
+                                  f"this base model")
 
 
 def save_dit(model: WanDiT, path: str | os.PathLike, dtype: torch.dtype | None = None) -> None:

@@ -2,14 +2,13 @@
 
 Many prompts: `--prompts file.jsonl`, one JSON object per line with `prompt` and optional `background`,
 `foregrounds` (list), `negative`, `seed`, `name`, `keep` ({layer: video path}). Started with `accelerate launch`
-on several GPUs or machines, each process takes every k-th row.
+on several GPUs or machines, each process takes every k-th row. The whole request (every row, every setting, the
+output folder, the kept clips) is checked before any weight loads (`request.py`).
 """
 from __future__ import annotations
 
 import argparse
-import json
 import logging
-import re
 import sys
 import time
 from pathlib import Path
@@ -19,6 +18,7 @@ import torch
 from .dit import ROPE_MODES
 from .layers import MAX_FOREGROUNDS, ROUTING_POLICIES
 from .mask_modes import MASK_MODES
+from .request import PROMPTS_FORMAT, RequestError
 from .sampling import SOLVERS
 
 DTYPES = {"auto": None, "fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -27,11 +27,23 @@ WAN_SETTINGS = {"frames": 41, "height": 384, "width": 672, "steps": 50, "cfg": 5
                 "fps": 16.0}
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows a default only where there is one worth showing (not None, empty or False)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if action.default is None or action.default is False or action.default in ("", []) or \
+                "default" in (action.help or ""):
+            return action.help or ""
+        return super()._get_help_string(action)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m layert2v_core", description="LayerT2V: layered video generation")
     commands = parser.add_subparsers(dest="command", required=True)
     g = commands.add_parser("generate", help="generate full video, background, foregrounds and alphas",
-                            formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                            formatter_class=_HelpFormatter, epilog=f"--prompts file: {PROMPTS_FORMAT}. Rows "
+                            f"without a seed take --seed plus their row number; without a name, the next free "
+                            f"NNNN-prompt folder in --out.")
     m = g.add_argument_group("model (a folder, or each part; default: the embedded demo model)")
     m.add_argument("--model", help="folder holding the DiT, VAE, alpha VAE, text encoder (and adapter)")
     for part in ("dit", "adapter", "vae", "mask-vae", "text-encoder"):
@@ -51,7 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--foregrounds", type=int, help=f"number of foregrounds 1..{MAX_FOREGROUNDS} (default: as many "
                                                    f"as --foreground, else 1)")
     p.add_argument("--negative", default="", help="negative prompt (empty: Wan's default)")
-    p.add_argument("--prompts", help="jsonl file with one sample per line (see module help)")
+    p.add_argument("--prompts", help="jsonl file, one sample per line: {\"prompt\", \"background\", "
+                                     "\"foregrounds\": [...], \"seed\", \"name\", \"keep\"} (see below)")
     s = g.add_argument_group("sampling (unset values: the model folder's generation.json, else Wan2.1's)")
     own = dict(default=argparse.SUPPRESS)
     s.add_argument("--frames", type=int, help="frames, 4k+1 (Wan2.1: 41)", **own)
@@ -61,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--cfg", type=float, help="classifier-free guidance scale (Wan2.1: 5)", **own)
     s.add_argument("--shift", type=float, help="sigma shift of the flow schedule (Wan2.1: 5)", **own)
     s.add_argument("--solver", choices=SOLVERS, help="(Wan2.1: unipc)", **own)
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--seed", type=int, default=0, help="noise seed of the first sample (the next ones count up)")
     s.add_argument("--policy", choices=ROUTING_POLICIES, help="routing policy (default: the checkpoint's)")
     s.add_argument("--keep", action="append", default=[], metavar="LAYER=VIDEO",
                    help="keep a given layer, e.g. bg=clip.mp4, full=shot.mp4, fg1=subject_rgba.webm (RGBA files "
@@ -69,82 +82,27 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--strength", type=float, default=0.0, help="0 keeps given layers exactly; up to 1 lets them move")
     o = g.add_argument_group("output and device")
     o.add_argument("--out", default="outputs", help="output folder (one sub-folder per sample)")
+    o.add_argument("--overwrite", action="store_true", help="replace sample folders of the same name (default: "
+                                                            "take the next free name)")
     o.add_argument("--fps", type=float, help="frame rate of the saved videos (Wan2.1: 16)", **own)
     o.add_argument("--rgba", default="webm,mov", help="RGBA formats among webm, mov, png (comma-separated)")
-    o.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    o.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="compute device")
     o.add_argument("--dtype", choices=list(DTYPES), default="auto", help="DiT / text encoder weight dtype")
     o.add_argument("--no-offload", action="store_true", help="keep every part on the device (more memory, faster)")
     o.add_argument("--quiet", action="store_true", help="no progress bar")
+    from .evaluation.command import add_parser as add_evaluate_parser
+    add_evaluate_parser(commands)
     return parser
-
-
-def slug(text: str, limit: int = 40) -> str:
-    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:limit] or "sample"
-
-
-def read_jobs(args) -> list[dict]:
-    """Sample requests from --prompts or the single-prompt flags, validated before any model loads."""
-    if args.prompts:
-        jobs = []
-        for number, line in enumerate(Path(args.prompts).read_text().splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise SystemExit(f"{args.prompts}:{number}: not valid JSON ({err.msg})")
-            if not isinstance(row, dict) or not isinstance(row.get("prompt"), str):
-                raise SystemExit(f"{args.prompts}:{number}: each line needs a \"prompt\" string")
-            jobs.append(row)
-        if not jobs:
-            raise SystemExit(f"{args.prompts} holds no samples")
-    else:
-        if not args.prompt:
-            raise SystemExit("give --prompt (and --background / --foreground), or --prompts file.jsonl")
-        jobs = [{"prompt": args.prompt, "background": args.background, "foregrounds": args.foreground,
-                 "negative": args.negative, "keep": dict(k.split("=", 1) for k in args.keep if "=" in k)}]
-        bad = [k for k in args.keep if "=" not in k]
-        if bad:
-            raise SystemExit(f"--keep takes LAYER=VIDEO, e.g. bg=clip.mp4; got {bad}")
-    for number, job in enumerate(jobs):
-        count = args.foregrounds or len(job.get("foregrounds") or []) or 1
-        fgs = list(job.get("foregrounds") or [])
-        if not 1 <= count <= MAX_FOREGROUNDS:
-            raise SystemExit(f"--foregrounds must be 1..{MAX_FOREGROUNDS}, got {count}")
-        if len(fgs) > count:
-            raise SystemExit(f"{len(fgs)} foreground prompts given but --foregrounds is {count}")
-        job["foregrounds"] = fgs + [""] * (count - len(fgs))
-        job.setdefault("seed", args.seed + number)
-        job.setdefault("name", f"{number:04d}-{slug(job['prompt'])}")
-    return jobs
-
-
-def load_kept_layers(keep: dict[str, str], frames: int) -> dict[str, torch.Tensor]:
-    """Read `--keep` videos into [C, T, H, W] tensors in [0, 1]; an RGBA foreground file also gives its mask."""
-    from .video_io import read_video
-
-    layers = {}
-    for name, path in keep.items():
-        video, _ = read_video(path)
-        if video.shape[0] < frames:
-            raise SystemExit(f"--keep {name}={path}: the clip has {video.shape[0]} frames, {frames} are needed")
-        clip = torch.from_numpy(video[:frames]).permute(3, 0, 1, 2).float()
-        if name.startswith("mask"):
-            layers[name] = clip[3:4] if clip.shape[0] == 4 else clip[:3].mean(0, keepdim=True)
-            continue
-        layers[name] = clip[:3]
-        if name.startswith("fg") and clip.shape[0] == 4:
-            layers.setdefault(f"mask{name[2:]}", clip[3:4])
-    return layers
 
 
 def generate(args) -> int:
     from .export import save_layers
     from .model_folder import demo_model_folder, find_components, generation_settings, load_pipeline
+    from .request import check_kept_clips, check_settings, load_kept_layers, read_jobs, sample_names
     from .weights import file_hash
 
     jobs = read_jobs(args)
-    rgba = [f for f in args.rgba.split(",") if f]
+    rgba = [f.strip() for f in args.rgba.split(",") if f.strip()]
     folder = args.model or (None if any([args.dit, args.vae, args.mask_vae, args.text_encoder])
                             else demo_model_folder())
     paths = find_components(folder, dit=args.dit, adapter=args.adapter, vae=args.vae, mask_vae=args.mask_vae,
@@ -152,6 +110,9 @@ def generate(args) -> int:
     for key, value in {**WAN_SETTINGS, **generation_settings(folder)}.items():
         if not hasattr(args, key):
             setattr(args, key, value)
+    check_settings(args)
+    check_kept_clips(jobs, args)
+    sample_names(jobs, Path(args.out), args.overwrite)
     if folder is not None and not args.model:
         print(f"model: the embedded demo model ({folder.name}, synthetic shapes only; --model picks another), "
               f"{args.width}x{args.height}, {args.frames} frames, {args.steps} steps", file=sys.stderr)
@@ -170,13 +131,13 @@ def generate(args) -> int:
                          rope=args.rope, mask_mode=args.mask_mode, ema=args.ema or None)
     hashes = {part: file_hash(p) for part, p in vars(paths).items() if p is not None}
     for job in jobs:
-        keep = load_kept_layers(job.get("keep") or {}, args.frames)
-        bar = None if args.quiet else _progress(job["name"])
+        keep = load_kept_layers(job.get("keep") or {}, args.frames, args.height, args.width, notes=False)
+        bar = None if args.quiet else _progress(job["folder"])
         result = pipe(job["prompt"], job.get("background", ""), job["foregrounds"], job.get("negative", ""),
                       frames=args.frames, height=args.height, width=args.width, steps=args.steps, guidance=args.cfg,
                       shift=args.shift, solver=args.solver, seed=int(job["seed"]), policy=args.policy, keep=keep,
                       strength=args.strength, callback=bar)
-        out = Path(args.out) / job["name"]
+        out = Path(args.out) / job["folder"]
         save_layers(result, out, fps=args.fps, rgba_formats=rgba,
                     manifest={"models": paths.as_dict(), "model_hashes": hashes, "device": str(device)})
         print(f"{out}: {result.spec.num_foregrounds} foreground(s), layer consistency error "
@@ -212,6 +173,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "generate":
         try:
             return generate(args)
-        except (ValueError, FileNotFoundError) as err:
+        except (RequestError, ValueError, FileNotFoundError) as err:
             raise SystemExit(f"error: {err}")
+    if args.command == "evaluate":
+        from .evaluation.command import run as evaluate
+        return evaluate(args)
     return 2

@@ -6,7 +6,8 @@ One folder per sample:
   fg{i}_rgba.webm / .mov / _png/  straight RGBA: VP9 with alpha, ProRes 4444 with alpha, RGBA PNG sequence
   preview.mp4                     side by side: full | background | each fg over a checkerboard | each alpha
   manifest.json                   prompts, seed, settings, model hashes, layer-consistency error
-Every file is written atomically (temporary file, then rename).
+The folder is written aside and swapped in when complete: a reader (or a rerun after a kill) sees the old sample
+or the new one, never a mix; temporaries that killed runs left beside it are removed.
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from typing import Mapping, Sequence
 
 import torch
 
-from .atomic import write_json
+from .atomic import write_json, writing_folder
 from .composite import over_background
 from .pipeline import LayeredVideo
 from .video_io import write_video
@@ -47,14 +48,36 @@ def preview(result: LayeredVideo) -> torch.Tensor:
     return torch.cat(tiles, dim=-1)
 
 
+def check_finite(result: LayeredVideo) -> None:
+    """Every layer finite and within [0, 1]; one message naming the layers that are not."""
+    named = {"full": result.full, "background": result.background,
+             **{f"fg{i}": v for i, v in enumerate(result.foregrounds, 1)},
+             **{f"alpha{i}": v for i, v in enumerate(result.alphas, 1)}}
+    problems = []
+    for name, video in named.items():
+        bad = int((~torch.isfinite(video)).sum())
+        if bad:
+            problems.append(f"{name} has {bad} NaN/inf value(s)")
+        elif video.numel() and (video.min() < 0 or video.max() > 1):
+            problems.append(f"{name} spans [{float(video.min()):.3g}, {float(video.max()):.3g}]")
+    if problems:
+        raise ValueError(f"cannot save these layers: {'; '.join(problems)}; layers must be finite and in [0, 1] "
+                         f"(decoded layers always are: check the code that built or edited them)")
+
+
 def save_layers(result: LayeredVideo, folder: str | os.PathLike, fps: float = 16.0,
                 rgba_formats: Sequence[str] = ("webm", "mov"), manifest: Mapping | None = None) -> dict[str, str]:
     """Write every layer of `result` into `folder`; returns {role: file name} (also stored in manifest.json)."""
     unknown = [f for f in rgba_formats if f not in RGBA_FORMATS]
     if unknown:
         raise ValueError(f"unknown RGBA format(s) {unknown}; choose from {list(RGBA_FORMATS)}")
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
+    check_finite(result)
+    with writing_folder(folder) as work:
+        return _write_sample(result, work, fps, rgba_formats, manifest)
+
+
+def _write_sample(result: LayeredVideo, folder: Path, fps: float, rgba_formats: Sequence[str],
+                  manifest: Mapping | None) -> dict[str, str]:
     files: dict[str, str] = {}
 
     def put(role: str, name: str, video: torch.Tensor) -> None:

@@ -85,6 +85,19 @@ def decode_layers(vae: WanVAE, mask_vae: MaskVAE, spec: LayerSpec, latent: torch
     return out
 
 
+# Kept videos a little outside [0, 1] (resampling overshoot) are fine; further out is a unit mistake.
+KEEP_RANGE_SLACK = 0.05
+
+
+def check_finite_latent(spec: LayerSpec, latent: torch.Tensor, what: str = "the latent") -> None:
+    """Every segment of a serialized latent finite; one NaN would turn its whole decoded layer into NaN."""
+    bad = [name for name, part in spec.split(latent, dim=2).items() if not torch.isfinite(part).all()]
+    if bad:
+        raise ValueError(f"{what} holds NaN/inf values in segment(s) {', '.join(bad)}, so those layers cannot be "
+                         f"decoded: the sampling diverged. Try a lower cfg, another solver or more steps, and fp32 or "
+                         f"bf16 weights instead of fp16")
+
+
 def check_keep(spec: LayerSpec, keep: Mapping[str, torch.Tensor], frames: int, height: int, width: int) -> None:
     """Layer names valid for `spec`, each video [C, frames, height, width], and every kept fg with its matte."""
     check_kept_layers(spec, keep)
@@ -95,6 +108,14 @@ def check_keep(spec: LayerSpec, keep: Mapping[str, torch.Tensor], frames: int, h
             got = tuple(video.shape) if isinstance(video, torch.Tensor) else type(video).__name__
             raise ValueError(f"kept layer {name!r} must be a [C, T, H, W] tensor in [0, 1] of shape {expected}, "
                              f"got {got}")
+        nonfinite = int((~torch.isfinite(video)).sum())
+        if nonfinite:
+            kinds = "/".join(k for k, hit in (("NaN", video.isnan().any()), ("inf", video.isinf().any())) if hit)
+            raise ValueError(f"kept layer {name!r} has {nonfinite} {kinds} value(s); give finite values in [0, 1]")
+        low, high = float(video.min()), float(video.max())
+        if low < -KEEP_RANGE_SLACK or high > 1 + KEEP_RANGE_SLACK:
+            hint = " (it looks like 0..255: divide by 255)" if high > 2 else ""
+            raise ValueError(f"kept layer {name!r} spans [{low:.3g}, {high:.3g}]; layers are in [0, 1]{hint}")
         if spec.kind(name) == "fg" and f"mask{spec.foreground_number(name)}" not in keep:
             raise ValueError(f"keeping {name!r} needs its alpha too: add 'mask{spec.foreground_number(name)}' "
                              f"(the foreground is premultiplied by it before encoding)")
@@ -112,6 +133,7 @@ def encode_videos(vae: WanVAE, mask_vae: MaskVAE, spec: LayerSpec, keep: Mapping
 def decode_videos(vae: WanVAE, mask_vae: MaskVAE, spec: LayerSpec, latent: torch.Tensor,
                   device: torch.device | str = "cpu", tile: Tiling | tuple[int, int] | None = None) -> dict:
     """Serialized latent [1, C, S*T', H', W'] -> full, background, straight foregrounds, alphas (CPU, float32)."""
+    check_finite_latent(spec, latent)
     decoded = decode_layers(vae, mask_vae, spec, latent.to(device), tile=tile)
     layers = {name: (v[0] if spec.kind(name) == "mask" else (v[0] + 1) / 2).clamp(0, 1).float().cpu()
               for name, v in decoded.items()}

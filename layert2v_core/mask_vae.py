@@ -21,7 +21,8 @@ import torch.nn as nn
 
 from .vae import AttentionBlock, CausalConv3d, ResidualBlock, StreamCache, WanVAE, conv3d, stream_decode
 from .vae_tiling import Tiling, as_tiling, tiled_map
-from .weights import CheckpointError, describe_mismatch, open_weights, read_tensor, save_weights_atomic
+from .weights import (CheckpointError, describe_mismatch, load_torch_file, open_weights, read_tensor,
+                      save_weights_atomic)
 
 MASK_MODE = "vae-lora"
 FORMAT_NAME = "layert2v-mask-vae"
@@ -202,7 +203,7 @@ def load_mask_vae(vae: WanVAE, path: str | os.PathLike) -> MaskVAE:
 
 def _read_official(path: Path):
     # weights_only: the file is a dict of tensors and plain config values; nothing else is ever unpickled.
-    state = torch.load(str(path), map_location="cpu", weights_only=True)
+    state = load_torch_file(path, mmap=False)
     if not isinstance(state, dict):
         raise CheckpointError(f"{path} holds a {type(state).__name__}, not a mask VAE checkpoint dict")
     if not ("project_in" in state and "decoder_lora" in state):

@@ -124,7 +124,7 @@ def load_pipeline(paths: ModelPaths, device: str | torch.device = "cpu", dtype: 
     weights (see load_dit)."""
     from .checkpoints import load_dit
     from .mask_modes import choose_mask_mode, load_mask_mode
-    from .pipeline import LayerT2VPipeline
+    from .pipeline import LayerT2VPipeline, check_compatible
     from .text import load_text_encoder
     from .vae import load_vae
 
@@ -136,4 +136,5 @@ def load_pipeline(paths: ModelPaths, device: str | torch.device = "cpu", dtype: 
     vae = load_vae(paths.vae, dtype=torch.float32 if torch.device(device).type == "cpu" else None, device=home)
     mask_vae = load_mask_mode(vae, *matte)  # every mode shares the frozen VAE weights; vae-lora adds its adapter
     text_encoder = load_text_encoder(paths.text_encoder, dtype=dtype, device=home)
+    check_compatible(dit, vae, text_encoder, str(paths.dit), str(paths.vae), str(paths.text_encoder))
     return LayerT2VPipeline(dit, vae, mask_vae, text_encoder, device, offload=offload, vae_tile=vae_tile)

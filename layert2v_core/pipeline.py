@@ -17,7 +17,7 @@ import torch
 
 from .composite import consistency_error, premultiply
 from .conditioning import known_latent
-from .layered_latent import check_keep, decode_videos, encode_videos
+from .layered_latent import check_finite_latent, check_keep, decode_videos, encode_videos
 from .layers import LayerSpec
 from .sampling import SOLVERS, cfg_velocity, flow_sigmas, sample, seeded_noise
 from .text import encode_layer_prompts
@@ -63,6 +63,20 @@ def check_video_size(frames: int, height: int, width: int) -> None:
         raise ValueError("; ".join(problems))
 
 
+def check_compatible(dit, vae, text_encoder, dit_name: str = "the DiT", vae_name: str = "the VAE",
+                     text_encoder_name: str = "the text encoder") -> None:
+    """The DiT takes the VAE's latent channels and the text encoder's width; one message names both parts."""
+    from .weights import CheckpointError
+
+    if dit.config.in_dim != vae.z_dim:
+        raise CheckpointError(f"{dit_name} takes {dit.config.in_dim} latent channels but {vae_name} makes "
+                              f"{vae.z_dim}; pick the VAE the DiT was trained with (Wan2.1's, 16 channels)")
+    if dit.config.text_dim != text_encoder.dim:
+        raise CheckpointError(f"{dit_name} has text width {dit.config.text_dim} but {text_encoder_name} gives "
+                              f"{text_encoder.dim}-wide embeddings; pick the text encoder the DiT was trained with "
+                              f"(Wan2.1: umt5-xxl, 4096)")
+
+
 class LayerT2VPipeline:
     """DiT + RGB VAE + alpha VAE + text encoder. `offload` keeps idle components on `offload_device`."""
 
@@ -73,6 +87,7 @@ class LayerT2VPipeline:
         if missing:
             raise ValueError(f"the pipeline needs a DiT, an RGB VAE, an alpha VAE and a text encoder; missing: "
                              f"{', '.join(missing)}")
+        check_compatible(dit, vae, text_encoder)
         self.dit, self.vae, self.mask_vae, self.text_encoder = dit, vae, mask_vae, text_encoder
         self.device = torch.device(device)
         self.offload = offload
@@ -147,6 +162,7 @@ class LayerT2VPipeline:
             velocity = cfg_velocity(model_fn, cond, uncond, guidance)
             latent = sample(velocity, noise, sigmas, solver, callback=callback, known=known, strength=strength)
 
+        check_finite_latent(spec, latent, "the sampler's output")
         with self._on_device(self.vae, self.mask_vae):
             layers = self.decode(spec, latent)
         settings = dict(frames=frames, height=height, width=width, steps=steps, guidance=guidance, shift=shift,

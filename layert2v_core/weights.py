@@ -9,11 +9,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import pickle
+import re
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Mapping
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from .atomic import replacing
@@ -39,10 +41,15 @@ class WeightSource(Mapping[str, torch.Tensor]):
         files = _weight_files(self.path)
         for f in files:
             if f.suffix == ".safetensors":
-                with safe_open(str(f), framework="pt") as h:
-                    self.metadata.update(h.metadata() or {})
-                    for k in h.keys():
-                        self._where[k] = _safetensors_reader(f, k)
+                try:
+                    with safe_open(str(f), framework="pt") as h:
+                        self.metadata.update(h.metadata() or {})
+                        for k in h.keys():
+                            self._where[k] = _safetensors_reader(f, k)
+                except SafetensorError as error:
+                    raise CheckpointError(f"{f}: not a readable safetensors file ({error}; {f.stat().st_size:,} "
+                                          f"bytes): it is empty or truncated, e.g. an interrupted download; download "
+                                          f"it again") from None
             else:
                 state = _torch_load(f)
                 for k, v in state.items():
@@ -85,12 +92,32 @@ def _safetensors_reader(file: Path, key: str) -> Callable[[], torch.Tensor]:
     return read
 
 
-def _torch_load(file: Path) -> dict:
-    # weights_only refuses arbitrary pickled code; mmap keeps the file's tensors on disk until they are used.
+def load_torch_file(file: str | os.PathLike, mmap: bool = True):
+    """torch.load with weights_only=True (pickled code is refused, never run); a refused or damaged file gives one
+    message naming it. mmap keeps the file's tensors on disk until they are used."""
     try:
-        state = torch.load(str(file), map_location="cpu", weights_only=True, mmap=True)
-    except RuntimeError:
-        state = torch.load(str(file), map_location="cpu", weights_only=True)
+        try:
+            return torch.load(str(file), map_location="cpu", weights_only=True, mmap=mmap)
+        except RuntimeError:
+            if not mmap:
+                raise
+            return torch.load(str(file), map_location="cpu", weights_only=True)  # files of the legacy format
+    except Exception as error:  # the weights-only unpickler meets junk with whatever error the junk leads to
+        refused = isinstance(error, pickle.UnpicklingError) and "Weights only load failed" in str(error)
+        if refused:
+            # torch's text goes on to suggest ways of allowing the object; only what was refused is worth showing
+            found = re.search(r"WeightsUnpickler error: (.*?)(?: was not an allowed global|\.|\n|$)", str(error))
+            what = f" ({found.group(1).strip()})" if found else ""
+            raise CheckpointError(f"{file}: refused: besides tensors it holds Python objects{what}, and loading "
+                                  f"those could run code. Use a .safetensors file of this model, or one saved as "
+                                  f"plain tensors by a source you trust") from None
+        first = str(error).strip().splitlines()[0][:160] if str(error).strip() else type(error).__name__
+        raise CheckpointError(f"{file}: not a readable PyTorch checkpoint ({first}): it is damaged or truncated, "
+                              f"e.g. an interrupted download; download it again") from None
+
+
+def _torch_load(file: Path) -> dict:
+    state = load_torch_file(file)
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     if not isinstance(state, dict):

@@ -12,6 +12,8 @@ from typing import Callable
 
 import torch
 
+from layert2v_core.paths import inside
+
 # Our own model kind: LayerT2V adapters and alpha-VAE files; `loras` is searched as well for the DiT adapter.
 ADAPTER_KIND = "layert2v"
 MODEL_EXTENSIONS = (".safetensors", ".pt", ".pth", ".bin", ".ckpt", ".sft")
@@ -55,7 +57,10 @@ def model_path(kind: str, name: str) -> Path:
         found = folder_paths.get_full_path(kind, name)
     else:
         root = _fallback["models"]
-        candidate = root / kind / name if root is not None else None
+        try:  # as ComfyUI's folder_paths does: a listed name never leaves its kind's folder
+            candidate = inside(root / kind, name, "model name") if root is not None else None
+        except ValueError:
+            candidate = None
         found = str(candidate) if candidate is not None and candidate.is_file() else None
     if not found:
         raise FileNotFoundError(f"{name!r} is not in the {kind!r} model folder (models/{kind}/); put the file "

@@ -1,13 +1,13 @@
 """Save Layers: every layer to the output folder (videos, RGBA files, manifest) with an animated preview in the UI."""
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 
 import torch
 
 from layert2v_core.export import preview, save_layers
+from layert2v_core.paths import inside
 from layert2v_core.video_io import write_animated_webp
 
 from . import host
@@ -61,11 +61,12 @@ class LayerT2VSaveLayers:
 
 
 def next_folder(root: Path, prefix: str) -> Path:
-    """root/prefix_00001 (the next free number), refusing prefixes that leave the output folder."""
-    prefix = prefix.strip().replace("\\", "/").strip("/") or "layers"
-    target = (root / prefix).resolve()
-    if os.path.commonpath([target, root.resolve()]) != str(root.resolve()):
-        raise LayerT2VInputError(f"Save Layers: filename_prefix {prefix!r} points outside the output folder")
+    """root/prefix_00001 (the next free number), refusing prefixes that do not name a place inside the output folder."""
+    try:
+        target = inside(root, prefix.strip(), "filename_prefix", reserve=len("_00000"),
+                        root_name="the output folder")
+    except ValueError as error:
+        raise LayerT2VInputError(f"Save Layers: {error}") from None
     target.parent.mkdir(parents=True, exist_ok=True)
     pattern = re.compile(re.escape(target.name) + r"_(\d+)$")
     used = [int(m.group(1)) for p in target.parent.iterdir() if (m := pattern.match(p.name))]

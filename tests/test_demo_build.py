@@ -9,21 +9,30 @@ def test_quick_build_makes_a_usable_model_folder(tmp_path):
     out, work = tmp_path / "model", tmp_path / "work"
     record = build(out, work, QUICK)
     for name in ("dit.safetensors", "vae.safetensors", "mask_vae.safetensors", "text_encoder.safetensors",
-                 "generation.json", "build.json", "evaluation.json", "README.md", "samples.webp"):
+                 "generation.json", "build.json", "evaluation.json", "README.md", "samples.webp",
+                 "heldout_prompts.jsonl"):
         assert (out / name).exists(), name
     assert json.loads((out / "generation.json").read_text())["frames"] == QUICK["frames"]
     from PIL import Image
     with Image.open(out / "samples.webp") as previews:  # 2 + 1 samples stacked, every frame
-        assert previews.n_frames == QUICK["frames"] and previews.size[1] == 3 * 3 * QUICK["size"]
+        assert previews.size[1] == 3 * 3 * QUICK["size"]
+        durations = []  # libwebp merges identical frames into one of longer duration: count time, not frames
+        for index in range(previews.n_frames):
+            previews.seek(index)
+            previews.load()  # Pillow fills in a WEBP frame's duration when it decodes it
+            durations.append(previews.info["duration"])
+        assert abs(sum(durations) - QUICK["frames"] * 1000 / QUICK["fps"]) <= QUICK["frames"]
     assert set(record["seconds"]) == {"synthetic data", "text encoder and initial DiT", "vae", "stage 1", "cache",
                                       "stage 2", "stage 3"}
     report = json.loads((out / "evaluation.json").read_text())
-    for row in ("trained", "ground_truth", "untrained"):
-        assert "consistency" in report[row]["1_foreground"]
-    assert report["ground_truth"]["1_foreground"]["colour_match"] == 1.0  # the metric recognises the truth
-    assert report["ground_truth"]["2_foreground"]["separated"] == 1.0
+    model, truth = report["runs"]["model"]["aggregate"], report["runs"]["ground truth"]["aggregate"]
+    assert model["samples"] == truth["samples"] == 3 and model["failed"] == 0
+    assert truth["layers"]["world_colour_match"] == 1.0  # the metrics recognise the truth
+    assert truth["layers"]["fg_present_95"] == 1.0 and truth["layers"]["multi_all_present"] == 1.0
+    assert "consistency_in_alpha" in model["layers"] and "temporal_flickering" in model["vbench"]
+    assert len(list((out / "evaluation").glob("*.png"))) == 6  # 2 + 1 previewed samples, model and truth
     card = (out / "README.md").read_text()
-    assert "layer consistency error" in card and "![held-out samples](samples.webp)" in card
+    assert "consistency error in alpha" in card and "![held-out samples](samples.webp)" in card
     # The folder is a model the CLI runs, with three foregrounds (stage 3 grew the LayerAdaLN table).
     code = cli_main(["generate", "--model", str(out), "--prompt", "a red star over a blue striped background",
                      "--foreground", "a red star", "--foreground", "a cyan circle", "--foreground", "a white square",

@@ -1,6 +1,6 @@
 """Our Wan2.1 DiT against diffusers' WanTransformer3DModel (independent implementation), all key layouts.
 
-Tolerance: max |ours - ref| <= 1e-5 * max |ref| in float32.
+Tolerance: max |ours - ref| <= 4e-6 * max |ref| in float32 (measured 1.8e-6 on every layout).
 """
 import re
 
@@ -11,7 +11,8 @@ from safetensors.torch import save_file
 from layert2v_core import load_dit
 from layert2v_core.weights import CheckpointError
 
-diffusers = pytest.importorskip("diffusers")
+# diffusers is the test-only reference (requirements-dev.txt): without it this module fails, it is not skipped.
+import diffusers  # noqa: E402
 
 CONFIGS = {
     # dim 256 = 2 heads of 128, the Wan head width, so heads can be inferred from the weights alone.
@@ -20,7 +21,7 @@ CONFIGS = {
     "three_heads": dict(num_attention_heads=3, attention_head_dim=128, text_dim=48, ffn_dim=640, num_layers=3,
                         freq_dim=64),
 }
-TOL = 1e-5
+TOL = 4e-6  # about twice the measured 1.8e-6 (two_heads) / 1.4e-6 (three_heads)
 
 
 def diffusers_to_original(state: dict) -> dict:

@@ -227,7 +227,8 @@ def test_comfy_sampler_matches_our_euler_on_the_same_sigmas(parts, monkeypatch):
     assert [s[:2] for s in steps] == [(1, 3), (2, 3), (3, 3)]
     assert steps[0][2] == (1, 16, 2, 2, 2)  # previews show the full-video segment
     theirs = run_sampler(model, conditioning, latent, sampler=EulerSamplerStandIn(), sigmas=sigmas)
-    assert torch.allclose(ours["samples"], theirs["samples"], atol=1e-4)
+    # Measured 1.9e-6 on latents of scale ~4 (the two Euler forms round differently in float32).
+    assert torch.allclose(ours["samples"], theirs["samples"], atol=4e-6, rtol=0)
     assert theirs["layert2v"] == latent["layert2v"]
 
 
@@ -239,7 +240,7 @@ def test_decode_layers_mask_polarity_and_rgba(parts):
     full, background, foreground, mask, rgba, layers = node("LayerT2VDecodeLayers")(vae, latent, 2)
     assert full.shape == background.shape == foreground.shape == (5, 16, 16, 3) and rgba.shape == (5, 16, 16, 4)
     assert torch.allclose(mask, 1 - layers.alphas[1][0])  # MASK = 1 - alpha, as JoinImageWithAlpha reads it
-    assert torch.allclose(rgba[..., 3], 1 - mask) and torch.allclose(rgba[..., :3], foreground)
+    assert torch.allclose(rgba[..., 3], 1 - mask)  # hand-computed values: test_end_to_end's polarity tests
     with pytest.raises(LayerT2VInputError, match="foreground_index is 3 but the latent has 2"):
         node("LayerT2VDecodeLayers")(vae, latent, 3)
 

@@ -222,7 +222,10 @@ def test_check_data_and_bad_config(world, capsys):
     from train.entry import run_stage
     status = run_stage("test", DiTTask, argv=["--config", TINY, "--data", str(world / "multi"), "--check-data",
                                               "true", "--max-foregrounds", "2"])
-    assert status == 0 and "6" in capsys.readouterr().out
+    report = capsys.readouterr().out
+    # The world holds 6 samples of 5 frames, each 32 x 32.
+    assert status == 0 and "6 of 6 sample(s) usable" in report and "frames: 5: 6" in report
+    assert "sizes (WxH): 32x32: 6" in report
     with pytest.raises(SystemExit, match="frames must be 4k\\+1"):
         parse_config("test", ["--config", TINY, "--data", "x", "--frames", "6"])
     with pytest.raises(SystemExit, match="unknown option"):

@@ -148,8 +148,8 @@ def build(out: Path, work: Path, plan: dict, evaluate: bool = True) -> dict:
               "torch": torch.__version__, "threads": torch.get_num_threads()}
     write_json(out / "build.json", record)
     if evaluate:
-        evaluate_and_write_card(out, untrained_dit=parts / "dit_init.safetensors", frames=plan["frames"],
-                                size=plan["size"], fps=plan["fps"], **plan["eval"])
+        evaluate_and_write_card(out, work / "evaluation", frames=plan["frames"], size=plan["size"], fps=plan["fps"],
+                                **plan["eval"])
     return record
 
 

@@ -199,14 +199,18 @@ class LayeredVideoDataset(Dataset):
         # the sample itself, then the following ones with the same N, then any other
         order = [(index + k) % len(self) for k in range(len(self))]
         order.sort(key=lambda i: self.entries[i].num_foregrounds != wanted)
+        skipped = []  # met on the way: reported with the item, since DataLoader workers keep their own counts
         for candidate in order:
             if candidate in self._unusable:
                 continue
             try:
-                return self.load(candidate)
+                item = self.load(candidate)
             except SampleError as error:
                 self._unusable.add(candidate)
                 self._skip(self.entries[candidate].id, error)
+                skipped.append({"id": self.entries[candidate].id, "kind": error.kind, "reason": str(error)})
+                continue
+            return {**item, "skipped": skipped} if skipped else item
         raise RuntimeError(f"every sample in {self.source} is unusable: {self._skip_summary()}; check it with "
                            f"`python train/data.py --check-data {self.source}`")
 
@@ -227,6 +231,7 @@ def collate_layered(batch: Sequence[dict[str, Any]]) -> dict[str, Any]:
                            "foregrounds": [list(item["captions"]["foregrounds"]) for item in batch]}
     stacked["id"] = [item["id"] for item in batch]
     stacked["foreground_clips"] = torch.tensor([item.get("foreground_clips", False) for item in batch])
+    stacked["skipped"] = [entry for item in batch for entry in item.get("skipped", ())]
     return stacked
 
 

@@ -71,6 +71,8 @@ class DiTTask:
             self.module = self.dit.requires_grad_(True)
         if cfg.adapter:
             self._start_from(cfg.adapter)
+        if not cfg.layer_adaln:  # no per-layer modulation: every segment is told apart by its position alone
+            self.dit.layer_adaln.layer_modulation.requires_grad_(False).zero_()
         if cached:
             self.dataset, self.collate = CachedLayers(cfg.data, cfg.max_foregrounds), collate_cached
         else:
@@ -146,7 +148,8 @@ class DiTTask:
         if self.cfg.lora_rank == 0:
             with torch.no_grad():
                 for name, param in self.dit.named_parameters():
-                    param.copy_(values[name])
+                    if name in values:  # a frozen table keeps its value
+                        param.copy_(values[name])
             save_dit(self.dit, folder / "dit.safetensors")
             return [folder / "dit.safetensors"]
         adapter = folder / "adapter.safetensors"

@@ -16,7 +16,9 @@ def run_stage(description: str, make_task: Callable, defaults: dict | None = Non
         return report.status
     from accelerate import PartialState
 
+    from .checkpoint import seed_everything
     from .loop import train
     device = PartialState(cpu=cfg.cpu).device  # models load straight onto this process' device
+    seed_everything(cfg.seed)
     train(make_task(cfg, device), cfg)
     return 0

@@ -1,10 +1,11 @@
-"""Evaluate a LayerT2V model on held-out synthetic prompts and write its model card.
+"""Evaluate the demo model on its held-out prompt file and write its model card.
 
 Prompts come from train/synthetic.py's evaluation split (colour-shape-background combinations never trained on),
-one seed each. Every metric is also computed on the ground-truth synthetic layers of the same prompts, so the
-numbers have a reference, and the consistency error on an untrained DiT of the same architecture.
+one seed each; they ship in the model folder as `heldout_prompts.jsonl`, the file `python -m layert2v_core evaluate
+--prompts` takes. The model generates every row through the CLI; the ground-truth layers of the same prompts are
+written in the VidLayer layout with the same video codec, and both runs are scored by layert2v_core.evaluation.
 
-    python train/evaluate_demo.py models/layert2v-tiny [--untrained runs/demo/parts/dit_init.safetensors]
+    python train/evaluate_demo.py models/layert2v-tiny [--work runs/demo_eval]
 
 Sizes and sampling steps default to the folder's generation.json.
 """
@@ -13,7 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
+import shutil
 import sys
 from pathlib import Path
 
@@ -24,114 +25,110 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from layert2v_core.atomic import write_json, write_text  # noqa: E402
-from layert2v_core.composite import consistency_error, premultiply  # noqa: E402
+from layert2v_core.cli import main as cli_main  # noqa: E402
+from layert2v_core.evaluation import evaluate_runs, load_scorers, read_sample, runs_from_paths  # noqa: E402
+from layert2v_core.evaluation.report import DIMENSIONS, LAYER_COLUMNS, TITLES  # noqa: E402
 from layert2v_core.export import preview  # noqa: E402
-from layert2v_core.model_folder import find_components, generation_settings, load_pipeline  # noqa: E402
+from layert2v_core.model_folder import generation_settings  # noqa: E402
 from layert2v_core.video_io import write_animated_webp  # noqa: E402
-from train.synthetic import PALETTE, generate_sample  # noqa: E402
+from train.synthetic import PALETTE, generate_sample, write_sample  # noqa: E402
 
 # Guidance 2: on the previous build's held-out prompts, 4 gave 54% colour matches and 58% separated pairs, 2 gave 75%
 # and 83% (1.5: 88% and 67%; 1: alphas broke into pieces).
 SAMPLING = dict(steps=25, guidance=2.0, shift=3.0, solver="unipc")
 PREVIEWS = 3  # samples of each foreground count shown in the model card
-PREVIEW_FILE = "samples.webp"
+PREVIEW_FILE, PROMPT_FILE, REPORT_FOLDER = "samples.webp", "heldout_prompts.jsonl", "evaluation"
+MODEL_RUN, TRUTH_RUN = "model", "ground truth"
 
 
-def components(mask: torch.Tensor, min_area: int = 4) -> int:
-    """Connected regions (8-neighbour) of a bool image [H, W] with at least `min_area` pixels."""
-    h, w = mask.shape
-    labels = torch.where(mask, torch.arange(1, h * w + 1, dtype=torch.float32).view(h, w), torch.zeros(h, w))
-    while True:  # spread the largest label over each region until nothing changes
-        grown = F.max_pool2d(labels[None, None], 3, stride=1, padding=1)[0, 0] * mask
-        if torch.equal(grown, labels):
-            break
-        labels = grown
-    ids, counts = labels[mask].unique(return_counts=True)
-    return int((counts >= min_area).sum())
+def heldout_samples(frames: int, size: int, seeds: int = 24, two_fg_seeds: int = 12) -> list:
+    """The held-out synthetic samples: `seeds` with one foreground, `two_fg_seeds` with two."""
+    return ([generate_sample(1000 + s, frames, size, size, split="eval", num_foregrounds=1) for s in range(seeds)]
+            + [generate_sample(2000 + s, frames, size, size, split="eval", num_foregrounds=2)
+               for s in range(two_fg_seeds)])
 
 
-def dominant_colour(foreground: torch.Tensor, alpha: torch.Tensor) -> str:
-    from train.synthetic import colour_fraction
-    return max(PALETTE, key=lambda c: colour_fraction(foreground, c, weight=alpha))
+def sample_name(index: int, sample) -> str:
+    return f"{index:02d}-{sample.num_foregrounds}fg-{sample.seed}"
 
 
-def layer_metrics(full, background, foregrounds, alphas, colours: list[str]) -> dict:
-    """Metrics of one sample's layers ([C, T, H, W] in [0, 1], straight foregrounds)."""
-    from train.synthetic import colour_fraction
-    premultiplied = [premultiply(f, a) for f, a in zip(foregrounds, alphas)]
-    result = {"consistency": float(consistency_error(full, background, premultiplied, alphas))}
-    binary = [((a < 0.1) | (a > 0.9)).float().mean().item() for a in alphas]
-    result["alpha_binary"] = statistics.mean(binary)
-    regions = [[components(frame[0] > 0.5) for frame in a.unbind(1)] for a in alphas]
-    result["one_region"] = all(statistics.mode(r) == 1 for r in regions)
-    result["colour_match"] = statistics.mean(float(dominant_colour(f, a) == c)
-                                             for f, a, c in zip(foregrounds, alphas, colours))
-    result["bg_leak_free"] = statistics.mean(float(colour_fraction(background, c) < 0.02) for c in colours)
-    if len(alphas) == 2:
-        a, b = (alphas[0] > 0.5), (alphas[1] > 0.5)
-        iou = (a & b).sum().item() / max(1, (a | b).sum().item())
-        result["separated"] = float(iou < 0.2 and a.float().mean() > 0.005 and b.float().mean() > 0.005)
-    return result
-
-
-def summarise(rows: list[dict]) -> dict:
-    keys = sorted({k for r in rows for k in r})
-    return {k: round(statistics.mean(float(r[k]) for r in rows if k in r), 4) for k in keys}
+def write_prompt_file(path: Path, samples: list) -> None:
+    """One generate row per sample; the seed of row i is i."""
+    rows = [{"name": sample_name(i, s), "prompt": s.captions["full"], "background": s.captions["background"],
+             "foregrounds": list(s.captions["foregrounds"]), "seed": i} for i, s in enumerate(samples)]
+    write_text(path, "".join(json.dumps(row) + "\n" for row in rows))
 
 
 @torch.no_grad()
-def evaluate(folder: Path, untrained_dit: Path | None, frames: int, size: int, seeds: int = 24,
-             two_fg_seeds: int = 12, steps: int = SAMPLING["steps"], previews: list | None = None) -> dict:
-    """Metrics of the trained model, the ground truth and (if given) an untrained DiT; `previews` collects
-    (prompt, side-by-side layers) of the first PREVIEWS samples of each foreground count."""
+def evaluate(folder: Path, work: Path, frames: int, size: int, seeds: int = 24, two_fg_seeds: int = 12,
+             steps: int = SAMPLING["steps"], fps: float = 8.0) -> dict:
+    """Generate the held-out prompt file with the model in `folder`, write the truth, score both runs."""
     torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
-    pipe = load_pipeline(find_components(folder))
-    prompts = [generate_sample(1000 + s, frames, size, size, split="eval", num_foregrounds=1) for s in range(seeds)]
-    prompts += [generate_sample(2000 + s, frames, size, size, split="eval", num_foregrounds=2)
-                for s in range(two_fg_seeds)]
-    sampling = {**SAMPLING, "steps": steps}
-    report = {"sampling": sampling, "frames": frames, "size": size, "prompts_1": seeds, "prompts_2": two_fg_seeds}
-
-    def run(dit_rows: dict, truths: list, collect: bool) -> None:
-        for index, truth in enumerate(truths):
-            caps = truth.captions
-            out = pipe(caps["full"], caps["background"], list(caps["foregrounds"]), frames=frames, height=size,
-                       width=size, seed=index, **sampling)
-            rows = dit_rows.setdefault(truth.num_foregrounds, [])
-            rows.append(layer_metrics(out.full, out.background, out.foregrounds, out.alphas,
-                                      [layer.colour for layer in truth.layers]))
-            if collect and previews is not None and len(rows) <= PREVIEWS:
-                previews.append((caps["full"], preview(out)))
-
-    trained: dict = {}
-    run(trained, prompts, collect=True)
-    report["trained"] = {f"{n}_foreground": summarise(r) for n, r in trained.items()}
-    truth_rows = {1: [], 2: []}
-    for truth in prompts:
-        truth_rows[truth.num_foregrounds].append(layer_metrics(
-            truth.full, truth.background, list(truth.foregrounds), list(truth.alphas),
-            [layer.colour for layer in truth.layers]))
-    report["ground_truth"] = {f"{n}_foreground": summarise(r) for n, r in truth_rows.items()}
-    if untrained_dit is not None and Path(untrained_dit).exists():
-        from layert2v_core.checkpoints import load_dit
-        pipe.dit = load_dit(untrained_dit, dtype=torch.float32)
-        untrained: dict = {}
-        run(untrained, [p for p in prompts if p.num_foregrounds == 1], collect=False)
-        report["untrained"] = {"1_foreground": summarise(untrained[1])}
+    samples = heldout_samples(frames, size, seeds, two_fg_seeds)
+    write_prompt_file(folder / PROMPT_FILE, samples)
+    generated, truth = work / "samples", work / "truth"
+    for stale in (generated, truth):
+        shutil.rmtree(stale, ignore_errors=True)
+    code = cli_main(["generate", "--model", str(folder), "--prompts", str(folder / PROMPT_FILE), "--out",
+                     str(generated), "--frames", str(frames), "--height", str(size), "--width", str(size),
+                     "--steps", str(steps), "--cfg", str(SAMPLING["guidance"]), "--shift", str(SAMPLING["shift"]),
+                     "--solver", SAMPLING["solver"], "--fps", str(fps), "--rgba", "webm", "--quiet"])
+    if code:
+        raise SystemExit(f"generation of the held-out prompts failed (exit {code})")
+    for i, sample in enumerate(samples):
+        write_sample(sample, truth / sample_name(i, sample), fps=fps)
+    scorers = load_scorers(dino=None, clip=None)  # the synthetic world has no DINO/CLIP of its own
+    report = evaluate_runs({MODEL_RUN: runs_from_paths([str(generated)])["samples"],
+                            TRUTH_RUN: runs_from_paths([str(truth)])["truth"]}, work / "report", scorers, quiet=True)
+    report["sampling"] = {**SAMPLING, "steps": steps}
+    report.update(frames=frames, size=size, prompts_1=seeds, prompts_2=two_fg_seeds, prompt_file=PROMPT_FILE)
     return report
 
 
-def write_previews(previews: list, path: Path, fps: float, scale: int = 3) -> None:
-    """The collected side-by-side previews stacked top to bottom, enlarged `scale` times, as one animated WEBP."""
-    width = max(video.shape[-1] for _, video in previews)
-    stacked = torch.cat([F.pad(video, (0, width - video.shape[-1])) for _, video in previews], dim=-2)
-    write_animated_webp(stacked.repeat_interleave(scale, -1).repeat_interleave(scale, -2), path, fps, lossless=True)
+def write_previews(folder: Path, report: dict, generated: Path, fps: float, scale: int = 3) -> list[str]:
+    """The first PREVIEWS samples of each foreground count side by side (full | bg | fgs | alphas), stacked, as one
+    animated WEBP; returns their prompts."""
+    picked, counts = [], {}
+    for name, row in report["runs"][MODEL_RUN]["samples"].items():
+        if "error" in row or counts.get(row["num_foregrounds"], 0) >= PREVIEWS:
+            continue
+        counts[row["num_foregrounds"]] = counts.get(row["num_foregrounds"], 0) + 1
+        picked.append((row["prompts"]["full"], preview(read_sample(generated / name))))
+    if not picked:
+        return []
+    width = max(video.shape[-1] for _, video in picked)
+    stacked = torch.cat([F.pad(video, (0, width - video.shape[-1])) for _, video in picked], dim=-2)
+    write_animated_webp(stacked.repeat_interleave(scale, -1).repeat_interleave(scale, -2), folder / PREVIEW_FILE,
+                        fps, lossless=True)
+    return [prompt for prompt, _ in picked]
 
 
-def model_card(report: dict, build: dict | None, previews: list | None = None) -> str:
-    t1, t2 = report["trained"]["1_foreground"], report["trained"].get("2_foreground", {})
-    g1, g2 = report["ground_truth"]["1_foreground"], report["ground_truth"].get("2_foreground", {})
-    u1 = report.get("untrained", {}).get("1_foreground", {})
+def copy_sheets(folder: Path, work: Path, report: dict) -> list[tuple[str, str]]:
+    """Contact sheets of the previewed samples (model and truth) into the model folder; (prompt, path) pairs."""
+    shipped = []
+    target = folder / REPORT_FOLDER
+    shutil.rmtree(target, ignore_errors=True)
+    counts = {}
+    for name, row in report["runs"][MODEL_RUN]["samples"].items():
+        if "sheet" not in row or counts.get(row["num_foregrounds"], 0) >= PREVIEWS:
+            continue
+        counts[row["num_foregrounds"]] = counts.get(row["num_foregrounds"], 0) + 1
+        for run in (MODEL_RUN, TRUTH_RUN):
+            sheet = report["runs"][run]["samples"].get(name, {}).get("sheet")
+            if sheet:
+                destination = target / f"{name}-{run.replace(' ', '_')}.png"
+                destination.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy(work / "report" / sheet, destination)
+                shipped.append((f"{row['prompts']['full']} ({run})", destination.relative_to(folder).as_posix()))
+    return shipped
+
+
+def _cell(value) -> str:
+    return "—" if value is None else (f"{value:.4f}" if isinstance(value, float) else str(value))
+
+
+def model_card(report: dict, build: dict | None, previews: list[str], sheets: list[tuple[str, str]]) -> str:
+    model, truth = (report["runs"][r]["aggregate"] for r in (MODEL_RUN, TRUTH_RUN))
     lines = [
         "# layert2v-tiny — the embedded demo model",
         "",
@@ -150,6 +147,7 @@ def model_card(report: dict, build: dict | None, previews: list | None = None) -
         "| mask_vae.safetensors | alpha VAE adapter (stage 1) on that VAE |",
         "| text_encoder.safetensors | umt5 encoder + sentencepiece tokenizer for the synthetic vocabulary (random, frozen) |",
         "| generation.json | the size and sampling settings it was made for (the CLI's defaults with this model) |",
+        f"| {PROMPT_FILE} | the held-out prompts it is evaluated on (`python -m layert2v_core evaluate --prompts`) |",
         "",
     ]
     if build:
@@ -166,55 +164,52 @@ def model_card(report: dict, build: dict | None, previews: list | None = None) -
             f"on batches of {plan['vae_image_batch']} single frames at lr {plan['vae_lr']}, then "
             f"{plan['vae_steps']} on batches of {plan['vae_batch']} {plan['frames']}-frame clips at lr "
             f"{plan['vae_clip_lr']}; L1 with foreground pixels weighted 1 + {plan['vae_foreground_weight']}·alpha. "
-            f"Stage 1 (alpha VAE): "
-            f"{plan['mask_steps']} steps",
+            f"Stage 1 (alpha VAE): {plan['mask_steps']} steps",
             f"- DiT: {plan['dit']}, text dim {plan['text_dim']}; stage 2 (full weights, single foreground): "
             f"{plan['stage2_steps']} steps; stage 3 (up to 3 foregrounds): {plan['stage3_steps']} steps; "
             f"batch {plan['batch']}; lambda_mask {plan['lambda_mask']} (see train/build_demo.py)",
-            "- generation.json: the sampling settings the CLI uses with this model unless told otherwise",
             "- seconds per phase of the build: " + ", ".join(f"{k} {v}" for k, v in build["seconds"].items()),
             "",
         ]
     s = report["sampling"]
+    layer = model["layers"]
     lines += [
         "## Evaluation (held-out synthetic prompts)",
         "",
-        f"{report['prompts_1']} single-foreground and {report['prompts_2']} two-foreground prompts from the evaluation "
-        f"split, one seed each; {s['steps']} {s['solver']} steps, guidance {s['guidance']}, shift {s['shift']}. "
-        "Ground truth = the same metrics on the synthetic layers of those prompts.",
+        f"{report['prompts_1']} single-foreground and {report['prompts_2']} two-foreground prompts of "
+        f"`{PROMPT_FILE}`, one seed each; {s['steps']} {s['solver']} steps, guidance {s['guidance']}, shift "
+        f"{s['shift']}; {report['size']}x{report['size']}, {report['frames']} frames. Ground truth = the same "
+        "metrics on the synthetic layers of those prompts, written with the same codec. Scored by "
+        "`layert2v_core.evaluation` (VBench's definitions; the synthetic world has no DINO or CLIP of its own, so "
+        "subject consistency, aesthetic quality and text alignment are not computed here). Regenerate with "
+        "`python train/evaluate_demo.py models/layert2v-tiny`.",
         "",
-        "| metric | trained | untrained DiT | ground truth |",
-        "| --- | --- | --- | --- |",
-        f"| layer consistency error mean\\|fg+(1-α)·bg−full\\| (1 fg) | {t1.get('consistency')} | "
-        f"{u1.get('consistency', '—')} | {g1.get('consistency')} |",
-        f"| alpha pixels near 0 or 1 (<0.1 or >0.9), 1 fg | {t1.get('alpha_binary')} | {u1.get('alpha_binary', '—')} "
-        f"| {g1.get('alpha_binary')} |",
-        f"| samples with one connected region per foreground, 1 fg | {t1.get('one_region')} | "
-        f"{u1.get('one_region', '—')} | {g1.get('one_region')} |",
-        f"| foreground colour matches the fg prompt, 1 fg | {t1.get('colour_match')} | {u1.get('colour_match', '—')} "
-        f"| {g1.get('colour_match')} |",
-        f"| background free of the fg colour (<2% pixels), 1 fg | {t1.get('bg_leak_free')} | "
-        f"{u1.get('bg_leak_free', '—')} | {g1.get('bg_leak_free')} |",
-        f"| two-foreground prompts with two separated alphas (IoU<0.2) | {t2.get('separated')} | — | "
-        f"{g2.get('separated')} |",
-        f"| layer consistency error, 2 fg | {t2.get('consistency')} | — | {g2.get('consistency')} |",
-        f"| foreground colour matches, 2 fg | {t2.get('colour_match')} | — | {g2.get('colour_match')} |",
+        f"In words: foregrounds are present (opaque area at least half their median) in {layer['fg_presence']:.0%} "
+        f"of frames on average, and {layer['fg_present_95']:.0%} of foregrounds are present in at least 95% of "
+        f"their frames (truth: {truth['layers']['fg_present_95']:.0%}); {layer['trajectory_steady']:.0%} move "
+        f"steadily (largest centroid step at most 2.5x the median) and {_pct(layer['direction_agreement'])} move "
+        "the prompted way.",
         "",
-        "Rates are fractions of samples (colour and leak: of foregrounds). Full numbers: `evaluation.json`.",
-        "",
+        "| run | " + " | ".join(f"{TITLES[d]} {x}" for d in DIMENSIONS if d in model["vbench"]
+                               for x in ("FG", "BG", "BL")) + " |",
+        "|" + " --- |" * (1 + 3 * len(model["vbench"])),
     ]
+    for run, table in ((MODEL_RUN, model), (TRUTH_RUN, truth)):
+        lines.append(f"| {run} | " + " | ".join(_cell(table["vbench"].get(d, {}).get(x)) for d in DIMENSIONS
+                                              if d in model["vbench"] for x in ("FG", "BG", "BL")) + " |")
+    lines += ["", "| metric | model | ground truth |", "| --- | --- | --- |"]
+    for key, title in LAYER_COLUMNS:
+        if layer.get(key) is not None or truth["layers"].get(key) is not None:
+            lines.append(f"| {title} | {_cell(layer.get(key))} | {_cell(truth['layers'].get(key))} |")
+    lines += ["", "Definitions: `layert2v_core/evaluation/layer_metrics.py`. Every number per sample: "
+              "`evaluation.json`.", ""]
     if previews:
-        lines += [
-            "## Samples",
-            "",
-            f"![held-out samples]({PREVIEW_FILE})",
-            "",
-            "Each row, left to right: full video, background, each foreground over a checkerboard, each alpha. "
-            "Prompts, top to bottom:",
-            "",
-            *[f"{i}. {prompt}" for i, (prompt, _) in enumerate(previews, start=1)],
-            "",
-        ]
+        lines += ["## Samples", "", f"![held-out samples]({PREVIEW_FILE})", "",
+                  "Each row, left to right: full video, background, each foreground over a checkerboard, each alpha. "
+                  "Prompts, top to bottom:", "", *[f"{i}. {p}" for i, p in enumerate(previews, start=1)], ""]
+    if sheets:
+        lines += ["Contact sheets (rows = layers, columns = frames), model and ground truth of the same prompt:", "",
+                  *[f"- [{prompt}]({path})" for prompt, path in sheets], ""]
     lines += [
         "## Limits",
         "",
@@ -224,31 +219,34 @@ def model_card(report: dict, build: dict | None, previews: list | None = None) -
     return "\n".join(lines) + "\n"
 
 
-def evaluate_and_write_card(folder: Path, untrained_dit: Path | None, frames: int, size: int, fps: float = 8.0,
-                            **counts) -> dict:
-    """Evaluate (counts: seeds, two_fg_seeds, steps); write evaluation.json, the sample previews and the model card
-    README.md."""
-    previews: list = []
-    report = evaluate(folder, untrained_dit, frames, size, previews=previews, **counts)
+def _pct(value) -> str:
+    return "—" if value is None else f"{value:.0%}"
+
+
+def evaluate_and_write_card(folder: Path, work: Path, frames: int, size: int, fps: float = 8.0, **counts) -> dict:
+    """Evaluate (counts: seeds, two_fg_seeds, steps); write evaluation.json, previews, contact sheets and README.md."""
+    folder, work = Path(folder), Path(work)
+    report = evaluate(folder, work, frames, size, fps=fps, **counts)
     write_json(folder / "evaluation.json", report)
-    write_previews(previews, folder / PREVIEW_FILE, fps)
+    previews = write_previews(folder, report, work / "samples", fps)
+    sheets = copy_sheets(folder, work, report)
     build = json.loads((folder / "build.json").read_text()) if (folder / "build.json").exists() else None
-    write_text(folder / "README.md", model_card(report, build, previews))
+    write_text(folder / "README.md", model_card(report, build, previews, sheets))
     return report
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("folder")
-    parser.add_argument("--untrained", help="an untrained DiT of the same architecture, for the reference row")
+    parser.add_argument("--work", default="runs/demo_eval", help="generated samples, truth and the full report")
     parser.add_argument("--frames", type=int, help="default: the folder's generation.json, else 9")
     parser.add_argument("--size", type=int, help="default: the folder's generation.json height, else 48")
     args = parser.parse_args(argv)
     settings = generation_settings(args.folder)
-    report = evaluate_and_write_card(Path(args.folder), args.untrained and Path(args.untrained),
-                                     args.frames or settings.get("frames", 9), args.size or settings.get("height", 48),
-                                     fps=settings.get("fps", 8.0), steps=settings.get("steps", SAMPLING["steps"]))
-    print(json.dumps(report, indent=2))
+    report = evaluate_and_write_card(Path(args.folder), Path(args.work), args.frames or settings.get("frames", 9),
+                                     args.size or settings.get("height", 48), fps=settings.get("fps", 8.0),
+                                     steps=settings.get("steps", SAMPLING["steps"]))
+    print(json.dumps({run: r["aggregate"] for run, r in report["runs"].items()}, indent=2))
     return 0
 
 

@@ -1,8 +1,10 @@
 """The one training loop the three stages share; a stage is a `Task` that says what is trained and how it is scored.
 
-Runs on accelerate (one process, DDP, FSDP or DeepSpeed through `accelerate config` / `accelerate launch`), with
-mixed precision, gradient accumulation, AdamW + cosine schedule with warm-up, optional EMA, periodic logs and
-atomic checkpoints that `--resume` continues from exactly (model, optimizer, scheduler, RNG, data position).
+Runs on accelerate: one process, or several with `accelerate launch` as DDP (the default) or, with `--fsdp true`,
+fully sharded with torch FSDP2 (`train/fsdp.py`; checkpoints are then written shard by shard). Both are tested with
+two CPU processes; accelerate's own FSDP and DeepSpeed plugins are not used or tested. With mixed precision, gradient
+accumulation, AdamW + cosine schedule with warm-up, optional EMA, periodic logs and atomic checkpoints that
+`--resume` continues from exactly (model, optimizer, scheduler, RNG, data position).
 """
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ import json
 import math
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any, Callable, Iterator, Protocol
 
@@ -17,7 +20,11 @@ import torch
 from accelerate import Accelerator
 from torch.utils.data import DataLoader
 
-from .checkpoint import load_checkpoint, resolve_resume, save_checkpoint
+from layert2v_core.atomic import write_text
+
+from . import fsdp as sharding
+from .checkpoint import (apply_checkpoint, load_process_rng, resume_checkpoint, save_checkpoint, save_process_rng,
+                         staging_folder)
 from .config import TrainConfig, save_config
 from .data import ForegroundGroupBatchSampler
 
@@ -85,28 +92,39 @@ def train(task: Task, cfg: TrainConfig) -> Path:
     torch.manual_seed(cfg.seed + accelerator.process_index)
     generator = torch.Generator().manual_seed(cfg.seed + 1000 * accelerator.process_index)
 
+    if cfg.fsdp:
+        sharding.shard(task.module, accelerator.device, cfg.mixed_precision)  # before the parameters are collected
     trainable = task.trainable()
     optimizer = torch.optim.AdamW(list(trainable.values()), lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_with_warmup(cfg.warmup_steps, cfg.max_steps))
-    module, optimizer = accelerator.prepare(task.module, optimizer)
+    if cfg.fsdp:
+        module, plain_optimizer, optimizer = task.module, optimizer, accelerator.prepare(optimizer)
+    else:
+        module, optimizer = accelerator.prepare(task.module, optimizer)
     ema = {k: v.detach().float().clone() for k, v in trainable.items()} if cfg.ema_decay > 0 else None
 
     batches = ShardedBatches(task, cfg.batch_size, cfg.seed, accelerator.process_index, accelerator.num_processes,
                              cfg.num_workers)
     step = 0
-    resume = resolve_resume(cfg.resume, cfg.output_dir)
-    if resume is not None:
-        progress = load_checkpoint(resume, {**trainable, **({f"ema.{k}": v for k, v in ema.items()} if ema else {})},
-                                   optimizer, scheduler, generator) if ema else \
-            load_checkpoint(resume, trainable, optimizer, scheduler, generator)
-        step, batches.epoch, batches.position = progress["step"], progress["epoch"], progress["position"]
-        accelerator.print(f"resumed from {resume} at step {step}")
-
     log_file = out / "log.jsonl"
+    resume = resume_checkpoint(cfg.resume, cfg.output_dir, say=accelerator.print)
+    if resume is not None:
+        path, loaded = resume
+        state = {**trainable, **({f"ema.{k}": v for k, v in ema.items()} if ema else {})}
+        progress = apply_checkpoint(path, loaded, state, optimizer, scheduler, generator, sharded=cfg.fsdp)
+        if cfg.fsdp:
+            sharding.load_shards(path, module, trainable, ema, plain_optimizer)
+        load_process_rng(path, accelerator.process_index, generator)
+        step, batches.epoch, batches.position = progress["step"], progress["epoch"], progress["position"]
+        if main:
+            _truncate_log(log_file, step)
+        accelerator.print(f"resumed from {path} at step {step}")
+
     board = _tensorboard(out / "tensorboard") if main else None
     bar = _progress_bar(cfg.max_steps, step, enabled=main)
     window: list[float] = []
     started, seen = time.perf_counter(), 0
+    skipped = _SkipReport(task.dataset, accelerator.print)
     accelerator.print(f"{task.name}: {sum(p.numel() for p in trainable.values()):,} trainable parameters, "
                       f"{accelerator.num_processes} process(es) x batch {cfg.batch_size} x accumulation "
                       f"{cfg.grad_accum} = {cfg.batch_size * accelerator.num_processes * cfg.grad_accum} per step")
@@ -114,6 +132,7 @@ def train(task: Task, cfg: TrainConfig) -> Path:
     module.train()
     while step < cfg.max_steps:
         batch = next(data)
+        skipped.add(batch.get("skipped", ()))
         with accelerator.accumulate(module):
             loss, metrics = task.loss(module, batch, generator)
             accelerator.backward(loss)
@@ -137,7 +156,8 @@ def train(task: Task, cfg: TrainConfig) -> Path:
         if step % cfg.log_every == 0 or step == cfg.max_steps:
             elapsed = time.perf_counter() - started
             record = {"step": step, "loss": sum(window) / len(window), "lr": scheduler.get_last_lr()[0],
-                      "samples_per_s": seen / elapsed, **{k: float(v) for k, v in metrics.items()}}
+                      "samples_per_s": seen / elapsed, **{k: float(v) for k, v in metrics.items()},
+                      **skipped.record()}
             window = []
             if main:
                 with open(log_file, "a") as f:
@@ -150,10 +170,17 @@ def train(task: Task, cfg: TrainConfig) -> Path:
                       flush=True)
         if step % cfg.save_every == 0 or step == cfg.max_steps:
             accelerator.wait_for_everyone()
+            staging = staging_folder(out, step, create=main)
+            accelerator.wait_for_everyone()
+            save_process_rng(staging, accelerator.process_index, generator)
+            if cfg.fsdp:
+                sharding.save_shards(staging, module, trainable, ema, plain_optimizer)
+            accelerator.wait_for_everyone()
             if main:
-                state = {**trainable, **({f"ema.{k}": v for k, v in ema.items()} if ema else {})}
-                save_checkpoint(out, step, state, optimizer, scheduler, generator,
-                                {"epoch": batches.epoch, "position": batches.position}, cfg.keep_last)
+                position = {"epoch": batches.epoch, "position": batches.position}
+                state = None if cfg.fsdp else {**trainable, **({f"ema.{k}": v for k, v in ema.items()} if ema else {})}
+                save_checkpoint(out, step, state, None if cfg.fsdp else optimizer, scheduler, generator, position,
+                                cfg.keep_last)
 
     if bar is not None:
         bar.close()
@@ -161,12 +188,50 @@ def train(task: Task, cfg: TrainConfig) -> Path:
         board.close()
     accelerator.wait_for_everyone()
     final = out / "final"
+    values = ema if ema is not None else {k: v.detach() for k, v in trainable.items()}
+    if cfg.fsdp:
+        values = sharding.full_values(values)  # every process takes part in gathering the shards
     if main:
-        values = ema if ema is not None else {k: v.detach() for k, v in trainable.items()}
         for path in task.export(final, values):
             print(f"wrote {path}", flush=True)
     accelerator.end_training()
     return final
+
+
+class _SkipReport:
+    """Samples the dataset could not use: each printed once when met, counted by kind in every log record."""
+
+    def __init__(self, dataset, say: Callable[[str], None]):
+        self.say, self.kinds = say, Counter(getattr(dataset, "skipped", {}))  # found while indexing the data
+        indexed = getattr(dataset, "skipped_samples", [])
+        if indexed:
+            shown = "; ".join(f"{sample_id}: {reason}" for sample_id, reason in indexed[:3])
+            more = "; ..." if len(indexed) > 3 else ""
+            say(f"left out {len(indexed)} sample(s) while indexing the data ({shown}{more})")
+
+    def add(self, entries) -> None:
+        for entry in entries:
+            self.kinds[entry["kind"]] += 1
+            self.say(f"skipped sample {entry['id']}: {entry['reason']}")
+
+    def record(self) -> dict:
+        return {"skipped_samples": sum(self.kinds.values()), "skipped": dict(self.kinds)} if self.kinds else {}
+
+
+def _truncate_log(log_file: Path, step: int) -> None:
+    """Drop the records after `step` (written after the checkpoint a run resumes from), so no step is logged
+    twice; a line cut short by a kill goes too."""
+    if not log_file.exists():
+        return
+    kept = []
+    for line in log_file.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(record, dict) and isinstance(record.get("step"), int) and record["step"] <= step:
+            kept.append(line + "\n")
+    write_text(log_file, "".join(kept))
 
 
 def _tensorboard(folder: Path):
