@@ -18,6 +18,10 @@ from torch.utils.checkpoint import checkpoint
 
 from .layers import SINGLE_FOREGROUND_CATEGORIES, LayerSpec
 
+# Self-attention kernel (q, k, v [B, heads, L, head_dim] -> out): exact SDPA unless an opt-in one is swapped in
+# (see attention_kernels.py).
+self_attention_kernel = F.scaled_dot_product_attention
+
 
 @dataclass
 class DiTConfig:
@@ -121,12 +125,13 @@ def rope_for_layered_grid(tables, segments: int, frames: int, height: int, width
     return torch.cos(angles).float().to(device), torch.sin(angles).float().to(device)
 
 
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate adjacent channel pairs of x [B, L, heads, head_dim] (Wan's complex-pair convention)."""
-    pairs = x.float().unflatten(-1, (-1, 2))
-    real, imag = pairs[..., 0], pairs[..., 1]
-    out = torch.stack([real * cos - imag * sin, real * sin + imag * cos], dim=-1)
-    return out.flatten(-2).type_as(x)
+def apply_rope(x: torch.Tensor, rotation: torch.Tensor, sin: torch.Tensor | None = None) -> torch.Tensor:
+    """Rotate adjacent channel pairs of x [B, L, heads, head_dim] by complex `rotation` [L, 1, head_dim/2] (or by
+    cos = `rotation` and `sin`), Wan's complex-pair convention: one complex multiply, not four real ones and a stack."""
+    if sin is not None:
+        rotation = torch.complex(rotation, sin)
+    pairs = torch.view_as_complex(x.float().unflatten(-1, (-1, 2)))
+    return torch.view_as_real(pairs * rotation).flatten(-2).type_as(x)
 
 
 class RMSNorm(nn.Module):
@@ -136,8 +141,8 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        xf = x.float()
-        return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)).type_as(x) * self.weight
+        # Fused kernel, normalised in float32 and rounded before the weight, as Wan does.
+        return F.rms_norm(x.float(), (x.shape[-1],), eps=self.eps).type_as(x) * self.weight
 
 
 class LayerNorm(nn.LayerNorm):
@@ -165,18 +170,25 @@ class Attention(nn.Module):
     def _heads(self, x: torch.Tensor) -> torch.Tensor:
         return x.unflatten(-1, (self.num_heads, -1))  # [B, L, heads, head_dim]
 
-    def self_attention(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-        q = apply_rope(self._heads(self.norm_q(self.q(x))), *rope)
-        k = apply_rope(self._heads(self.norm_k(self.k(x))), *rope)
+    def self_attention(self, x: torch.Tensor, rope: torch.Tensor) -> torch.Tensor:
+        q = apply_rope(self._heads(self.norm_q(self.q(x))), rope)
+        k = apply_rope(self._heads(self.norm_k(self.k(x))), rope)
         v = self._heads(self.v(x))
-        out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
+        out = self_attention_kernel(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
         return self.o(out.transpose(1, 2).flatten(2))
 
-    def cross_attention(self, x: torch.Tensor, context: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-        """x [B, L, dim]; bias None (every token sees every row) or [B, segments, rows] additive routing bias."""
-        q = self._heads(self.norm_q(self.q(x)))
+    def context_kv(self, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys and values [B, heads, rows, head_dim] of an embedded context: fixed for a whole generation."""
         k = self._heads(self.norm_k(self.k(context))).transpose(1, 2)
         v = self._heads(self.v(context)).transpose(1, 2)
+        return k, v
+
+    def cross_attention(self, x: torch.Tensor, context: torch.Tensor, bias: torch.Tensor | None,
+                        kv: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        """x [B, L, dim]; bias None (every token sees every row) or [B, segments, rows] additive routing bias;
+        kv: `context_kv(context)` computed earlier, or None to project `context` here."""
+        q = self._heads(self.norm_q(self.q(x)))
+        k, v = kv if kv is not None else self.context_kv(context)
         if bias is None:
             out = F.scaled_dot_product_attention(q.transpose(1, 2), k, v)
             return self.o(out.transpose(1, 2).flatten(2))
@@ -204,10 +216,11 @@ class Block(nn.Module):
                                  nn.Linear(cfg.ffn_dim, dim))
         self.modulation = nn.Parameter(torch.randn(1, 6, dim) / dim ** 0.5)
 
-    def forward(self, x: torch.Tensor, e: torch.Tensor, context: torch.Tensor,
-                rope: tuple[torch.Tensor, torch.Tensor], bias: torch.Tensor | None) -> torch.Tensor:
-        """x [B, L, dim] float32 residual stream; e [B, segments, 6, dim] float32 per-segment modulation."""
-        dtype = self.ffn[0].weight.dtype
+    def forward(self, x: torch.Tensor, e: torch.Tensor, context: torch.Tensor, rope: torch.Tensor,
+                bias: torch.Tensor | None, cache: dict | None = None) -> torch.Tensor:
+        """x [B, L, dim] float32 residual stream; e [B, segments, 6, dim] float32 per-segment modulation;
+        cache: this block's store for the context keys/values, kept across the forwards of one generation."""
+        dtype = self.ffn[0].bias.dtype  # the compute dtype, also when weights are stored in fp8
         shift1, scale1, gate1, shift2, scale2, gate2 = (self.modulation.float().unsqueeze(1) + e).unbind(2)
         segments = e.shape[1]
 
@@ -215,12 +228,19 @@ class Block(nn.Module):
             h = h.unflatten(1, (segments, -1))
             return torch.addcmul(shift[:, :, None], h, 1 + scale[:, :, None]).flatten(1, 2).to(dtype)
 
-        def gated(h: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
-            return (h.float().unflatten(1, (segments, -1)) * gate[:, :, None]).flatten(1, 2)
+        def add_gated(x: torch.Tensor, h: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
+            # x + h * gate in one pass, in float32 (the residual stream's dtype).
+            return torch.addcmul(x.unflatten(1, (segments, -1)), h.unflatten(1, (segments, -1)),
+                                 gate[:, :, None]).flatten(1, 2)
 
-        x = x + gated(self.self_attn.self_attention(modulate(self.norm1(x), shift1, scale1), rope), gate1)
-        x = x + self.cross_attn.cross_attention(self.norm3(x).to(dtype), context, bias).float()
-        x = x + gated(self.ffn(modulate(self.norm2(x), shift2, scale2)), gate2)
+        kv = None if cache is None else cache.get("kv")
+        if kv is None:
+            kv = self.cross_attn.context_kv(context)
+            if cache is not None:
+                cache["kv"] = kv
+        x = add_gated(x, self.self_attn.self_attention(modulate(self.norm1(x), shift1, scale1), rope), gate1)
+        x = x + self.cross_attn.cross_attention(self.norm3(x).to(dtype), context, bias, kv).float()
+        x = add_gated(x, self.ffn(modulate(self.norm2(x), shift2, scale2)), gate2)
         return x
 
 
@@ -266,6 +286,7 @@ class WanDiT(nn.Module):
         self._rope = rope_tables(cfg.dim // cfg.num_heads)
         self._rope_4d = rope_tables_4d(cfg.dim // cfg.num_heads, cfg.rope_dims) if cfg.rope == "4d" else None
         self.mask_projection = None  # the official 'vae-project' mask mode's projections (mask_modes.py), if any
+        self._grid_rope: tuple[tuple, torch.Tensor] | None = None  # (grid, device) -> rotation of its tokens
 
     @property
     def dtype(self) -> torch.dtype:
@@ -303,12 +324,26 @@ class WanDiT(nn.Module):
                                                          requires_grad=self.layer_adaln.layer_modulation.requires_grad)
         self.config.num_layer_categories = spec.num_categories
 
+    def rope(self, grid: tuple[int, int, int], layer_spec: LayerSpec | None, device) -> torch.Tensor:
+        """Complex rotation [tokens, 1, head_dim/2] of a token grid (`_rope_for`); built once, reused while the
+        grid, the RoPE's segments and the device hold."""
+        segments = None if self._rope_4d is None or layer_spec is None else layer_spec.num_segments
+        key = (grid, segments, torch.device(device))
+        if self._grid_rope is None or self._grid_rope[0] != key:
+            cos, sin = self._rope_for(grid, layer_spec, device)
+            self._grid_rope = (key, torch.complex(cos, sin))
+        return self._grid_rope[1]
+
     def forward(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor,
-                layer_spec: LayerSpec | None = None, prompt_lens: torch.Tensor | None = None) -> torch.Tensor:
+                layer_spec: LayerSpec | None = None, prompt_lens: torch.Tensor | None = None,
+                cache: dict | None = None) -> torch.Tensor:
         """Velocity for latent x [B, C, T, H, W] at timesteps t [B] (sigma*1000) given context [B, rows, text_dim].
 
         With `layer_spec`, T holds its serialized segments and `prompt_lens` [B, prompts] gives the real length of
         each prompt packed back to back in `context` (order `layer_spec.prompts`).
+        `cache`: an empty dict on the first forward of a generation, then the same dict with the same context,
+        layer_spec and prompt_lens objects: what depends on them alone (embedded context, every block's context
+        keys and values, routing bias, LayerAdaLN rows) is computed once instead of once per step. Inference only.
         """
         cfg = self.config
         b, _, frames, height, width = x.shape
@@ -317,37 +352,34 @@ class WanDiT(nn.Module):
             raise ValueError(f"latent size {frames}x{height}x{width} must be divisible by the patch {cfg.patch_size}")
         grid = (frames // pt, height // ph, width // pw)
         t = t.reshape(-1).expand(b) if t.numel() in (1, b) else t
-        if layer_spec is not None and prompt_lens is not None:
-            # Routing never lets a token see a padding row, so only the real prompt rows need projecting.
-            context = context[:, :int(torch.as_tensor(prompt_lens).sum(-1).max())]
-        elif context.shape[1] < cfg.text_len:  # Wan pads every context to text_len rows before text_embedding
-            context = F.pad(context, (0, 0, 0, cfg.text_len - context.shape[1]))
+        if layer_spec is not None:
+            self._check_categories(layer_spec)
+            layer_spec.frames_per_segment(grid[0])
+            if prompt_lens is None:
+                raise ValueError("a layered forward needs prompt_lens [batch, prompts] for the routing mask")
+        if cache is None:
+            conditioning, block_caches = self._conditioning(context, layer_spec, prompt_lens, b), None
+        else:
+            conditioning = self._cached_conditioning(cache, context, layer_spec, prompt_lens, b)
+            block_caches = conditioning["blocks"]
 
         if layer_spec is not None and self.mask_projection is not None:
             x = self.mask_projection.project_input(x, layer_spec)
         e = self.time_embedding(sinusoidal_embedding(cfg.freq_dim, t).to(self.dtype)).float()
         e0 = self.time_projection(e.to(self.dtype)).float().unflatten(1, (6, cfg.dim))
-        if layer_spec is None:
-            e_seg, bias = e0.unsqueeze(1), None
-        else:
-            self._check_categories(layer_spec)
-            layer_spec.frames_per_segment(grid[0])
-            if prompt_lens is None:
-                raise ValueError("a layered forward needs prompt_lens [batch, prompts] for the routing mask")
-            rows = self.layer_adaln.layer_modulation.float()[list(layer_spec.categories)]
-            e_seg = e0.unsqueeze(1) + rows.unsqueeze(0)
-            bias = layer_spec.attention_bias(prompt_lens, context.shape[1], device=x.device)
-            if bias.shape[0] == 1 and b > 1:
-                bias = bias.expand(b, -1, -1)
+        rows = conditioning["layer_rows"]
+        e_seg = e0.unsqueeze(1) if rows is None else e0.unsqueeze(1) + rows.unsqueeze(0)
+        ctx, bias = conditioning["context"], conditioning["bias"]
 
-        h = self.patch_embedding(x.to(self.dtype)).flatten(2).transpose(1, 2).float()
-        ctx = self.text_embedding(context.to(self.dtype))
-        rope = self._rope_for(grid, layer_spec, x.device)
-        for block in self.blocks:
+        # Token-major and contiguous from the start: a transposed residual stream would be copied by every norm.
+        h = self.patch_embedding(x.to(self.dtype)).flatten(2).transpose(1, 2).to(torch.float32,
+                                                                                  memory_format=torch.contiguous_format)
+        rope = self.rope(grid, layer_spec, x.device)
+        for i, block in enumerate(self.blocks):
             if self.gradient_checkpointing and torch.is_grad_enabled():
                 h = checkpoint(block, h, e_seg, ctx, rope, bias, use_reentrant=False)
             else:
-                h = block(h, e_seg, ctx, rope, bias)
+                h = block(h, e_seg, ctx, rope, bias, None if block_caches is None else block_caches[i])
         out = self.unpatchify(self.head(h, e), grid)
         if layer_spec is not None and self.mask_projection is not None:
             out = self.mask_projection.project_output(out, layer_spec)
@@ -359,6 +391,36 @@ class WanDiT(nn.Module):
             return rope_for_grid(self._rope, *grid, device=device)
         segments = layer_spec.num_segments
         return rope_for_layered_grid(self._rope_4d, segments, grid[0] // segments, grid[1], grid[2], device)
+
+    def _conditioning(self, context: torch.Tensor, layer_spec: LayerSpec | None, prompt_lens, batch: int) -> dict:
+        """What a forward needs from its conditioning alone: embedded context, routing bias, LayerAdaLN rows."""
+        cfg = self.config
+        if layer_spec is not None:
+            # Routing never lets a token see a padding row, so only the real prompt rows need projecting.
+            context = context[:, :int(torch.as_tensor(prompt_lens).sum(-1).max())]
+        elif context.shape[1] < cfg.text_len:  # Wan pads every context to text_len rows before text_embedding
+            context = F.pad(context, (0, 0, 0, cfg.text_len - context.shape[1]))
+        bias = layer_rows = None
+        if layer_spec is not None:
+            layer_rows = self.layer_adaln.layer_modulation.float()[list(layer_spec.categories)]
+            bias = layer_spec.attention_bias(prompt_lens, context.shape[1], device=context.device)
+            if bias.shape[0] == 1 and batch > 1:
+                bias = bias.expand(batch, -1, -1)
+        return {"context": self.text_embedding(context.to(self.dtype)), "bias": bias, "layer_rows": layer_rows}
+
+    def _cached_conditioning(self, cache: dict, context: torch.Tensor, layer_spec: LayerSpec | None, prompt_lens,
+                             batch: int) -> dict:
+        if torch.is_grad_enabled():
+            raise ValueError("a forward cache is for inference: run under torch.no_grad(), or pass cache=None")
+        key = (context, layer_spec, prompt_lens, batch)
+        if not cache:
+            cache.update(self._conditioning(context, layer_spec, prompt_lens, batch), key=key,
+                         blocks=[{} for _ in self.blocks])
+        elif (cache["key"][0] is not context or cache["key"][2] is not prompt_lens
+              or cache["key"][1] != layer_spec or cache["key"][3] != batch):
+            raise ValueError("this forward cache was filled for another context, layer_spec, prompt_lens or batch "
+                             "size; use one new cache per conditioning and generation")
+        return cache
 
     def unpatchify(self, out: torch.Tensor, grid: tuple[int, int, int]) -> torch.Tensor:
         pt, ph, pw = self.config.patch_size

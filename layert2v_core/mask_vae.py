@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from .vae import AttentionBlock, CausalConv3d, ResidualBlock, StreamCache, WanVAE, stream_decode
+from .vae import AttentionBlock, CausalConv3d, ResidualBlock, StreamCache, WanVAE, conv3d, stream_decode
 from .vae_tiling import Tiling, as_tiling, tiled_map
 from .weights import (CheckpointError, describe_mismatch, load_torch_file, open_weights, read_tensor,
                       save_weights_atomic)
@@ -85,7 +85,8 @@ class LoRACausalConv3d(nn.Module):
     def forward(self, x: torch.Tensor, cache: StreamCache | None = None) -> torch.Tensor:
         padded = self.base.pad(x, cache)
         out = self.base._conv_forward(padded, self.base.weight, self.base.bias)
-        return out + self.scale * self.lora_up(self.lora_down(padded))
+        down = conv3d(padded, self.lora_down.weight, None, self.lora_down.stride)
+        return out + self.scale * self.lora_up(down)
 
 
 def _with_lora(module: nn.Module, rank: int, alpha: float) -> None:

@@ -151,9 +151,12 @@ class LayerT2VPipeline:
         cond = {"context": text.context.to(self.device), "prompt_lens": text.prompt_lens}
         uncond = {"context": text.negative_context.to(self.device), "prompt_lens": text.negative_prompt_lens}
 
+        caches: dict[int, tuple[dict, dict]] = {}  # one forward cache per conditioning (cond, uncond or both)
+
         def model_fn(x: torch.Tensor, sigma: float, c: dict) -> torch.Tensor:
             t = torch.full((x.shape[0],), sigma * 1000.0, device=x.device)
-            return self.dit(x, t, c["context"], layer_spec=spec, prompt_lens=c["prompt_lens"])
+            cache = caches.setdefault(id(c), (c, {}))[1]  # c is kept alive with its cache, so its id stays its own
+            return self.dit(x, t, c["context"], layer_spec=spec, prompt_lens=c["prompt_lens"], cache=cache)
 
         with self._on_device(self.dit):
             velocity = cfg_velocity(model_fn, cond, uncond, guidance)
