@@ -9,19 +9,14 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from train.synthetic import write_dataset
-from train.tiny_models import write_model_folder
+from training_world import write_world
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
-    root = tmp_path_factory.mktemp("fsdp")
-    write_dataset(root / "data", samples=8, seed=1, frames=5, height=32, width=32, max_foregrounds=1,
-                  split="train", lossless=True, jsonl=False, fps=16)
-    write_model_folder(root / "model", seed=0, num_foregrounds=1)
-    return root
+    return write_world(tmp_path_factory.mktemp("fsdp"), data=(8, 1))
 
 
 def launch_stage2(world, out, *extra):

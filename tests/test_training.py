@@ -15,8 +15,7 @@ from train.loop import train
 from train.mask_vae_task import MaskVAETask
 from layert2v_core.vae import stream_decode
 from train.vae_task import VAETask
-from train.synthetic import write_dataset
-from train.tiny_models import write_model_folder
+from training_world import write_world
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = os.path.join(ROOT, "train", "configs", "tiny_cpu.yaml")
@@ -24,13 +23,7 @@ TINY = os.path.join(ROOT, "train", "configs", "tiny_cpu.yaml")
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
-    root = tmp_path_factory.mktemp("training")
-    write_dataset(root / "single", samples=8, seed=1, frames=5, height=32, width=32, max_foregrounds=1,
-                  split="train", lossless=True, jsonl=False, fps=16)
-    write_dataset(root / "multi", samples=6, seed=2, frames=5, height=32, width=32, max_foregrounds=2,
-                  split="train", lossless=True, jsonl=False, fps=16)
-    write_model_folder(root / "model", seed=0, num_foregrounds=1)
-    return root
+    return write_world(tmp_path_factory.mktemp("training"), single=(8, 1), multi=(6, 2))
 
 
 def config(world, out, *extra):

@@ -11,8 +11,7 @@ from safetensors.torch import load_file
 
 from train.dit_task import DiTTask
 from train.entry import run_stage
-from train.synthetic import write_dataset
-from train.tiny_models import write_model_folder
+from training_world import write_world
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = os.path.join(ROOT, "train", "configs", "tiny_cpu.yaml")
@@ -20,11 +19,7 @@ TINY = os.path.join(ROOT, "train", "configs", "tiny_cpu.yaml")
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
-    root = tmp_path_factory.mktemp("faults")
-    write_dataset(root / "data", samples=3, seed=1, frames=5, height=32, width=32, max_foregrounds=1,
-                  split="train", lossless=True, jsonl=False, fps=16)
-    write_model_folder(root / "model", seed=0, num_foregrounds=1)
-    return root
+    return write_world(tmp_path_factory.mktemp("faults"), data=(3, 1))
 
 
 def stage2(world, out, *extra):
