@@ -126,14 +126,14 @@ def load_pipeline(paths: ModelPaths, device: str | torch.device = "cpu", dtype: 
     from .mask_modes import choose_mask_mode, load_mask_mode
     from .pipeline import LayerT2VPipeline, check_compatible
     from .text import load_text_encoder
-    from .vae import load_vae
+    from .vae import frozen_vae_dtype, load_vae
 
     home = "cpu" if offload else device
     if dtype is None and torch.device(device).type == "cpu":
         dtype = torch.float32  # half-precision files compute in fp32 on CPU, where fp16 kernels are slow or missing
     matte = choose_mask_mode(paths.mask_vae, paths.adapter, mask_mode)  # a missing mask file stops us before loading
     dit = load_dit(paths.dit, dtype=dtype, device=home, adapter=paths.adapter, rope=rope, ema=ema)
-    vae = load_vae(paths.vae, dtype=torch.float32 if torch.device(device).type == "cpu" else None, device=home)
+    vae = load_vae(paths.vae, dtype=frozen_vae_dtype(device), device=home)
     mask_vae = load_mask_mode(vae, *matte)  # every mode shares the frozen VAE weights; vae-lora adds its adapter
     text_encoder = load_text_encoder(paths.text_encoder, dtype=dtype, device=home)
     check_compatible(dit, vae, text_encoder, str(paths.dit), str(paths.vae), str(paths.text_encoder))

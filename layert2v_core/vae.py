@@ -418,6 +418,12 @@ _DIFFUSERS_MARKER = "decoder.mid_block.resnets.0.norm1.gamma"
 _WAN22_MARKERS = ("decoder.upsamples.0.upsamples.0.residual.2.weight", "decoder.up_blocks.0.avg_shortcut")
 
 
+def frozen_vae_dtype(device: str | torch.device) -> torch.dtype | None:
+    """The dtype a frozen VAE computes in: float32 on CPU, where half-precision convolutions are many times slower
+    (the demo VAE's fp16 file encodes a 48x48x9 clip in 0.53 s of CPU against 0.06 s in fp32), else the file's own."""
+    return torch.float32 if torch.device(device).type == "cpu" else None
+
+
 def load_vae(path: str | os.PathLike | Mapping[str, torch.Tensor], dtype: torch.dtype | None = None,
              device="cpu") -> WanVAE:
     """Load a Wan2.1 VAE from `Wan2.1_VAE.pth`, ComfyUI's `wan_2.1_vae.safetensors`, or a diffusers

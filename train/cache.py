@@ -26,7 +26,7 @@ from layert2v_core.layers import LayerSpec  # noqa: E402
 from layert2v_core.mask_vae import load_mask_vae  # noqa: E402
 from layert2v_core.model_folder import find_components  # noqa: E402
 from layert2v_core.text import encode_layer_prompts, load_text_encoder  # noqa: E402
-from layert2v_core.vae import load_vae  # noqa: E402
+from layert2v_core.vae import frozen_vae_dtype, load_vae  # noqa: E402
 from layert2v_core.weights import file_hash, save_weights_atomic  # noqa: E402
 from safetensors import safe_open  # noqa: E402
 
@@ -48,7 +48,7 @@ def build_cache(cfg, out: str | os.PathLike, shard_size: int = 64, device="cpu")
     out.mkdir(parents=True, exist_ok=True)
     parts = find_components(cfg.model or None, ("vae", "mask_vae", "text_encoder"), vae=cfg.vae or None,
                             mask_vae=cfg.mask_vae or None, text_encoder=cfg.text_encoder or None)
-    vae = load_vae(parts.vae, device=device)
+    vae = load_vae(parts.vae, dtype=frozen_vae_dtype(device), device=device)
     mask_vae = load_mask_vae(vae, parts.mask_vae)
     text = load_text_encoder(parts.text_encoder, device=device)
     dataset = LayeredVideoDataset(cfg.data, cfg.frames, cfg.height, cfg.width, cfg.frame_sampling, cfg.seed,

@@ -17,7 +17,7 @@ from layert2v_core.layers import LayerSpec
 from layert2v_core.mask_vae import load_mask_vae
 from layert2v_core.model_folder import find_components
 from layert2v_core.text import batch_layered_contexts, encode_layer_prompts, load_text_encoder
-from layert2v_core.vae import load_vae
+from layert2v_core.vae import frozen_vae_dtype, load_vae
 
 from .cache import CachedLayers, collate_cached, is_cache
 from .config import TrainConfig
@@ -62,7 +62,7 @@ class DiTTask:
         self.dit.config.routing_policy = cfg.routing_policy
         self.dit.extend_layer_categories(cfg.max_foregrounds)
         self.dit.gradient_checkpointing = cfg.gradient_checkpointing
-        self.vae = load_vae(parts.vae, device=device)
+        self.vae = load_vae(parts.vae, dtype=frozen_vae_dtype(device), device=device)
         self.mask_vae = load_mask_vae(self.vae, parts.mask_vae).requires_grad_(False)
         self.text = None if cached else load_text_encoder(parts.text_encoder, device=device)
         if cfg.lora_rank > 0:

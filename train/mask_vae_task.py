@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from layert2v_core.mask_vae import MaskVAE, MaskVAEConfig, save_mask_vae
 from layert2v_core.model_folder import find_components
-from layert2v_core.vae import load_vae
+from layert2v_core.vae import frozen_vae_dtype, load_vae
 
 from .config import TrainConfig
 from .data import LayeredVideoDataset, collate_layered
@@ -25,7 +25,8 @@ class MaskVAETask:
 
     def __init__(self, cfg: TrainConfig, device: torch.device | str = "cpu"):
         self.cfg = cfg
-        vae = load_vae(find_components(cfg.model or None, ("vae",), vae=cfg.vae or None).vae, device=device)
+        vae = load_vae(find_components(cfg.model or None, ("vae",), vae=cfg.vae or None).vae,
+                       dtype=frozen_vae_dtype(device), device=device)
         config = MaskVAEConfig(lora_rank=cfg.mask_lora_rank, lora_alpha=cfg.mask_lora_alpha,
                                proj_hidden=cfg.mask_proj_hidden)
         self.module = MaskVAE(vae, config).to(device)
