@@ -420,7 +420,7 @@ _WAN22_MARKERS = ("decoder.upsamples.0.upsamples.0.residual.2.weight", "decoder.
 
 def frozen_vae_dtype(device: str | torch.device) -> torch.dtype | None:
     """The dtype a frozen VAE computes in: float32 on CPU, where half-precision convolutions are many times slower
-    (the demo VAE's fp16 file encodes a 48x48x9 clip in 0.53 s of CPU against 0.06 s in fp32), else the file's own."""
+    (the demo VAE's fp16 file encodes a 48x48x9 clip in 0.53 s of CPU, 0.06 s in fp32), else the file's own."""
     return torch.float32 if torch.device(device).type == "cpu" else None
 
 
