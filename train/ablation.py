@@ -153,7 +153,8 @@ def table(results: dict, arguments: str) -> str:
              f"{plan['single']} single-foreground synthetic samples ({plan['size']}x{plan['size']}, "
              f"{plan['frames']} frames), with the demo model's VAE, alpha VAE and text encoder; evaluated on "
              f"{plan['eval_seeds']} held-out prompts ({plan['eval_steps']} {SAMPLING['solver']} steps, guidance "
-             f"{SAMPLING['guidance']}). Seconds: " + ", ".join(f"{k} {v}" for k, v in results.get("seconds", {}).items())
+             f"{SAMPLING['guidance']}). Seconds: "
+             + ", ".join(f"{k} {v}" for k, v in results.get("seconds", {}).items())
              + ".", "",
              "| configuration | " + " | ".join(title for _, title in COLUMNS) + " |",
              "|" + " --- |" * (1 + len(COLUMNS))]

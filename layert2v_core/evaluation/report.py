@@ -28,7 +28,8 @@ LAYER_COLUMNS = (
     ("consistency_in_alpha", "consistency error in alpha"), ("background_leak", "bg leak"),
     ("fg_in_full", "FG shown in full"), ("multi_all_present", "multi-FG: all present in layer and full"),
     ("separation_iou", "multi-FG: worst IoU"), ("world_colour_match", "synthetic: colour matches"),
-    ("world_one_region", "synthetic: one region"), ("world_background_free_of_colour", "synthetic: bg free of fg colour"),
+    ("world_one_region", "synthetic: one region"),
+    ("world_background_free_of_colour", "synthetic: bg free of fg colour"),
 )
 
 
