@@ -14,7 +14,7 @@ here (foreground presence and alpha stability; the prompted colour and direction
 OUT/ablation.json; `--resume` continues an interrupted run (finished variants are kept, a training run resumes
 from its last checkpoint).
 
-    python train/ablation.py --out runs/ablation [--steps 2500] [--quick]
+    python train/ablation.py --out runs/ablation [--steps 2000] [--quick]
 """
 from __future__ import annotations
 
@@ -73,8 +73,8 @@ def _get(table: dict, dotted: str):
 
 def plan_for(args) -> dict:
     base = QUICK if args.quick else FULL
-    plan = {**base, "single": args.samples or (8 if args.quick else 500),
-            "steps": args.steps or (3 if args.quick else 2500),
+    plan = {**base, "single": args.samples or (8 if args.quick else 400),
+            "steps": args.steps or (3 if args.quick else 2000),
             "eval_seeds": args.eval_seeds or (2 if args.quick else 24),
             "eval_steps": base["eval"]["steps"]}
     return plan
@@ -168,8 +168,8 @@ def table(results: dict, arguments: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="runs/ablation", help="work folder; ablation.md and ablation.json in it")
-    parser.add_argument("--steps", type=int, help="training steps per variant (default 2500; --quick 3)")
-    parser.add_argument("--samples", type=int, help="single-foreground training samples (default 500)")
+    parser.add_argument("--steps", type=int, help="training steps per variant (default 2000; --quick 3)")
+    parser.add_argument("--samples", type=int, help="single-foreground training samples (default 400)")
     parser.add_argument("--eval-seeds", type=int, help="held-out prompts per variant (default 24)")
     parser.add_argument("--quick", action="store_true", help="smoke sizes (the tests)")
     parser.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
