@@ -209,7 +209,7 @@ def test_every_template_has_a_thumbnail_from_a_real_output():
         assert path.is_file(), f"{path.name} is missing; run python workflows/thumbnails.py"
         with Image.open(path) as image:
             assert image.format == "JPEG" and min(image.size) >= 256
-            assert len(set(image.convert("L").getdata())) > 16  # a picture, not a blank card
+            assert sum(1 for count in image.convert("L").histogram() if count) > 16  # a picture, not a blank card
 
 
 def test_every_node_type_has_a_size_measured_in_the_frontend():
