@@ -34,6 +34,7 @@ import torch  # noqa: E402
 from layert2v_core.atomic import write_json, write_text  # noqa: E402
 from layert2v_core.checkpoints import load_dit, save_dit  # noqa: E402
 from layert2v_core.dit import WanDiT  # noqa: E402
+from layert2v_core.evaluation.report import cell  # noqa: E402
 from layert2v_core.model_folder import GENERATION_FILE, demo_model_folder, generation_settings  # noqa: E402
 from train.build_demo import FULL, QUICK, stage_config  # noqa: E402
 from train.cache import build_cache  # noqa: E402
@@ -140,10 +141,6 @@ def load_dit_text_dim(demo: Path) -> int:
     return load_dit(demo / "dit.safetensors").config.text_dim
 
 
-def _cell(value) -> str:
-    return "—" if value is None else f"{value:.4f}"
-
-
 def table(results: dict, arguments: str) -> str:
     plan = results["plan"]
     truth = next(iter(results["variants"].values()))["truth"] if results["variants"] else {}
@@ -159,9 +156,9 @@ def table(results: dict, arguments: str) -> str:
              "| configuration | " + " | ".join(title for _, title in COLUMNS) + " |",
              "|" + " --- |" * (1 + len(COLUMNS))]
     for name, row in results["variants"].items():
-        lines.append(f"| {name} | " + " | ".join(_cell(_get(row["aggregate"], key)) for key, _ in COLUMNS) + " |")
+        lines.append(f"| {name} | " + " | ".join(cell(_get(row["aggregate"], key)) for key, _ in COLUMNS) + " |")
     if truth:
-        lines.append("| ground truth | " + " | ".join(_cell(_get(truth, key)) for key, _ in COLUMNS) + " |")
+        lines.append("| ground truth | " + " | ".join(cell(_get(truth, key)) for key, _ in COLUMNS) + " |")
     return "\n".join(lines) + "\n"
 
 

@@ -27,7 +27,7 @@ import torch.nn.functional as F  # noqa: E402
 from layert2v_core.atomic import write_json, write_text  # noqa: E402
 from layert2v_core.cli import main as cli_main  # noqa: E402
 from layert2v_core.evaluation import evaluate_runs, load_scorers, read_sample, runs_from_paths  # noqa: E402
-from layert2v_core.evaluation.report import DIMENSIONS, LAYER_COLUMNS, TITLES  # noqa: E402
+from layert2v_core.evaluation.report import DIMENSIONS, LAYER_COLUMNS, TITLES, cell  # noqa: E402
 from layert2v_core.export import preview  # noqa: E402
 from layert2v_core.model_folder import generation_settings  # noqa: E402
 from layert2v_core.video_io import write_animated_webp  # noqa: E402
@@ -85,15 +85,21 @@ def evaluate(folder: Path, work: Path, frames: int, size: int, seeds: int = 24, 
     return report
 
 
-def write_previews(folder: Path, report: dict, generated: Path, fps: float, scale: int = 3) -> list[str]:
-    """The first PREVIEWS samples of each foreground count side by side (full | bg | fgs | alphas), stacked, as one
-    animated WEBP; returns their prompts."""
-    picked, counts = [], {}
+def previewed(report: dict) -> list[str]:
+    """Names of the first PREVIEWS scored samples of each foreground count: the ones the model card shows."""
+    names, counts = [], {}
     for name, row in report["runs"][MODEL_RUN]["samples"].items():
-        if "error" in row or counts.get(row["num_foregrounds"], 0) >= PREVIEWS:
-            continue
-        counts[row["num_foregrounds"]] = counts.get(row["num_foregrounds"], 0) + 1
-        picked.append((row["prompts"]["full"], preview(read_sample(generated / name))))
+        if "error" not in row and counts.get(row["num_foregrounds"], 0) < PREVIEWS:
+            counts[row["num_foregrounds"]] = counts.get(row["num_foregrounds"], 0) + 1
+            names.append(name)
+    return names
+
+
+def write_previews(folder: Path, report: dict, generated: Path, fps: float, scale: int = 3) -> list[str]:
+    """The previewed samples side by side (full | bg | fgs | alphas), stacked, as one animated WEBP; returns their
+    prompts."""
+    samples = report["runs"][MODEL_RUN]["samples"]
+    picked = [(samples[name]["prompts"]["full"], preview(read_sample(generated / name))) for name in previewed(report)]
     if not picked:
         return []
     width = max(video.shape[-1] for _, video in picked)
@@ -108,23 +114,16 @@ def copy_sheets(folder: Path, work: Path, report: dict) -> list[tuple[str, str]]
     shipped = []
     target = folder / REPORT_FOLDER
     shutil.rmtree(target, ignore_errors=True)
-    counts = {}
-    for name, row in report["runs"][MODEL_RUN]["samples"].items():
-        if "sheet" not in row or counts.get(row["num_foregrounds"], 0) >= PREVIEWS:
-            continue
-        counts[row["num_foregrounds"]] = counts.get(row["num_foregrounds"], 0) + 1
+    for name in previewed(report):
+        prompt = report["runs"][MODEL_RUN]["samples"][name]["prompts"]["full"]
         for run in (MODEL_RUN, TRUTH_RUN):
             sheet = report["runs"][run]["samples"].get(name, {}).get("sheet")
             if sheet:
                 destination = target / f"{name}-{run.replace(' ', '_')}.png"
                 destination.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copy(work / "report" / sheet, destination)
-                shipped.append((f"{row['prompts']['full']} ({run})", destination.relative_to(folder).as_posix()))
+                shipped.append((f"{prompt} ({run})", destination.relative_to(folder).as_posix()))
     return shipped
-
-
-def _cell(value) -> str:
-    return "—" if value is None else (f"{value:.4f}" if isinstance(value, float) else str(value))
 
 
 def model_card(report: dict, build: dict | None, previews: list[str], sheets: list[tuple[str, str]]) -> str:
@@ -195,12 +194,12 @@ def model_card(report: dict, build: dict | None, previews: list[str], sheets: li
         "|" + " --- |" * (1 + 3 * len(model["vbench"])),
     ]
     for run, table in ((MODEL_RUN, model), (TRUTH_RUN, truth)):
-        lines.append(f"| {run} | " + " | ".join(_cell(table["vbench"].get(d, {}).get(x)) for d in DIMENSIONS
+        lines.append(f"| {run} | " + " | ".join(cell(table["vbench"].get(d, {}).get(x)) for d in DIMENSIONS
                                               if d in model["vbench"] for x in ("FG", "BG", "BL")) + " |")
     lines += ["", "| metric | model | ground truth |", "| --- | --- | --- |"]
     for key, title in LAYER_COLUMNS:
         if layer.get(key) is not None or truth["layers"].get(key) is not None:
-            lines.append(f"| {title} | {_cell(layer.get(key))} | {_cell(truth['layers'].get(key))} |")
+            lines.append(f"| {title} | {cell(layer.get(key))} | {cell(truth['layers'].get(key))} |")
     lines += ["", "Definitions: `layert2v_core/evaluation/layer_metrics.py`. Every number per sample: "
               "`evaluation.json`.", ""]
     if previews:

@@ -27,7 +27,7 @@ import statistics
 import torch
 import torch.nn.functional as F
 
-from ..composite import premultiply, recompose
+from ..composite import over_background
 
 OPAQUE = 0.5
 DIRECTIONS = {"left": (-1.0, 0.0), "right": (1.0, 0.0), "up": (0.0, -1.0), "down": (0.0, 1.0)}
@@ -135,7 +135,7 @@ def dilate(mask: torch.Tensor, pixels: int = REGION_DILATION) -> torch.Tensor:
 
 def consistency_errors(full, background, foregrounds, alphas) -> tuple[float, float]:
     """(global, inside the dilated opaque region of any foreground) mean |recomposed - full|."""
-    recomposed = recompose(background, [premultiply(f, a) for f, a in zip(foregrounds, alphas)], alphas)
+    recomposed = over_background(background, foregrounds, alphas)
     error = (recomposed.float() - full.float()).abs().mean(0)  # [T, H, W]
     region = dilate(torch.stack([opaque(a) for a in alphas]).any(0))
     inside = float(error[region].mean()) if region.any() else float("nan")
@@ -153,15 +153,11 @@ def background_leak(background: torch.Tensor, foreground: torch.Tensor, alpha: t
 def presence_in_full(full: torch.Tensor, background: torch.Tensor, foreground: torch.Tensor,
                      alpha: torch.Tensor) -> float:
     region = opaque(alpha)
+    to_fg, to_bg = (full - foreground).abs().mean(0), (full - background).abs().mean(0)
     shown = []
     for t in range(full.shape[1]):
         r = region[t]
-        if not r.any():
-            shown.append(False)
-            continue
-        to_fg = (full[:, t] - foreground[:, t]).abs().mean(0)[r].mean()
-        to_bg = (full[:, t] - background[:, t]).abs().mean(0)[r].mean()
-        shown.append(bool(to_fg < to_bg))
+        shown.append(bool(r.any() and to_fg[t][r].mean() < to_bg[t][r].mean()))
     return sum(shown) / len(shown)
 
 

@@ -10,6 +10,7 @@ import torch
 
 from ..atomic import replacing, write_text
 from ..composite import over_background
+from ..export import checkerboard
 from .samples import LayeredClip
 
 DIMENSIONS = ("aesthetic_quality", "motion_smoothness", "temporal_flickering", "subject_consistency",
@@ -33,15 +34,10 @@ LAYER_COLUMNS = (
 )
 
 
-def _checkerboard(height: int, width: int, cell: int) -> torch.Tensor:
-    ys, xs = torch.arange(height)[:, None] // cell, torch.arange(width)[None, :] // cell
-    return torch.where((ys + xs) % 2 == 0, 0.8, 0.55).expand(3, 1, height, width)
-
-
 def sheet_rows(clip: LayeredClip) -> list[tuple[str, torch.Tensor]]:
     """(label, [3, T, H, W]) per row: full, background, each foreground over a checkerboard, each alpha."""
     _, _, h, w = clip.full.shape
-    board = _checkerboard(h, w, max(2, min(h, w) // 8))
+    board = checkerboard(h, w, max(2, min(h, w) // 8))
     rows = [("full", clip.full), ("background", clip.background)]
     rows += [(f"fg{i} (RGBA)", over_background(board, [f], [a]))
              for i, (f, a) in enumerate(zip(clip.foregrounds, clip.alphas), 1)]
@@ -92,7 +88,8 @@ def write_png(path: str | os.PathLike, image: np.ndarray) -> None:
         Image.fromarray(image).save(temporary, format="PNG")
 
 
-def _cell(value) -> str:
+def cell(value) -> str:
+    """A table cell: 4 decimals, a dash for a missing or NaN value."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "—"
     return f"{value:.4f}" if isinstance(value, float) else str(value)
@@ -114,7 +111,7 @@ def report_markdown(report: dict) -> str:
     lines += [header, "|" + " --- |" * (2 + len(DIMENSIONS) * len(LAYERS))]
     for name, run in runs.items():
         table = run["aggregate"].get("vbench", {})
-        cells = [_cell(table.get(d, {}).get(layer)) for d in DIMENSIONS for layer in LAYERS]
+        cells = [cell(table.get(d, {}).get(layer)) for d in DIMENSIONS for layer in LAYERS]
         lines.append(f"| {name} | {run['aggregate']['samples']} | " + " | ".join(cells) + " |")
     lines += ["", "## Layer metrics", "",
               "Fractions of foregrounds (presence, direction) or of samples (steady path, multi-FG); errors in [0, 1] "
@@ -123,7 +120,7 @@ def report_markdown(report: dict) -> str:
               "|" + " --- |" * (1 + len(LAYER_COLUMNS))]
     for name, run in runs.items():
         layer = run["aggregate"].get("layers", {})
-        lines.append(f"| {name} | " + " | ".join(_cell(layer.get(key)) for key, _ in LAYER_COLUMNS) + " |")
+        lines.append(f"| {name} | " + " | ".join(cell(layer.get(key)) for key, _ in LAYER_COLUMNS) + " |")
     for name, run in runs.items():
         lines += ["", f"## {name}: samples", "",
                   "| sample | FG present | max/median step | direction | consistency in alpha | sheet |",
@@ -134,10 +131,10 @@ def report_markdown(report: dict) -> str:
                 continue
             fgs = row["layers"]["foregrounds"]
             lines.append(
-                f"| {sample} | {' / '.join(_cell(f['presence']) for f in fgs)} | "
-                f"{' / '.join(_cell(f['trajectory_ratio']) for f in fgs)} | "
-                f"{' / '.join(_cell(f.get('direction_agrees')) for f in fgs)} | "
-                f"{_cell(row['layers']['consistency_in_alpha'])} | "
+                f"| {sample} | {' / '.join(cell(f['presence']) for f in fgs)} | "
+                f"{' / '.join(cell(f['trajectory_ratio']) for f in fgs)} | "
+                f"{' / '.join(cell(f.get('direction_agrees')) for f in fgs)} | "
+                f"{cell(row['layers']['consistency_in_alpha'])} | "
                 + (f"[png]({row['sheet']})" if row.get("sheet") else "") + " |")
     return "\n".join(lines) + "\n"
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from ..video_io import read_video
+from ..video_io import frames_to_video, read_video
 
 MANIFEST, VIDLAYER_METADATA = "manifest.json", "metadata.json"
 
@@ -57,7 +57,7 @@ class LayeredClip:
 
 def _video(path: Path, channels: int) -> torch.Tensor:
     frames, _ = read_video(path)
-    video = torch.from_numpy(frames).permute(3, 0, 1, 2).float()
+    video = frames_to_video(torch.from_numpy(frames)).float()
     return video[:3].mean(0, keepdim=True) if channels == 1 else video[:3]
 
 
@@ -89,7 +89,7 @@ def read_vidlayer(folder: str | os.PathLike) -> LayeredClip:
     entry = read_sample_folder(folder)
     full = _video(entry.full, 3)
     alphas = [_video(mask, 1) for mask in entry.masks]
-    return LayeredClip(folder.name, full, _video(entry.background, 3), [full.clone() for _ in alphas], alphas,
+    return LayeredClip(folder.name, full, _video(entry.background, 3), [full] * len(alphas), alphas,
                        prompts=entry.captions, source="vidlayer", folder=folder)
 
 
