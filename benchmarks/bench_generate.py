@@ -37,11 +37,10 @@ from layert2v_core.atomic import write_json  # noqa: E402
 from layert2v_core.attention_kernels import sage_attention_available, sage_self_attention  # noqa: E402
 from layert2v_core.dit import DiTConfig, WanDiT  # noqa: E402
 from layert2v_core.fp8 import quantize_linears_fp8  # noqa: E402
-from layert2v_core.layered_latent import decode_layers  # noqa: E402
 from layert2v_core.layers import LayerSpec  # noqa: E402
 from layert2v_core.mask_vae import MaskVAE  # noqa: E402
 from layert2v_core.offload import blocks_on_demand  # noqa: E402
-from layert2v_core.sampling import cfg_velocity, flow_sigmas, sample, seeded_noise  # noqa: E402
+from layert2v_core.sampling import cfg_velocity, dit_model_fn, flow_sigmas, sample, seeded_noise  # noqa: E402
 from layert2v_core.vae import VAEConfig, WanVAE  # noqa: E402
 
 VARIANTS = ("sdpa", "uncached", "cfg_sequential", "cudnn", "sage", "compile", "offload", "fp8")
@@ -143,14 +142,7 @@ def run_dit(dit: WanDiT, args, spec: LayerSpec, cond: dict, uncond: dict, device
     def denoise(model_calls: int) -> torch.Tensor:
         # The first sigmas of the schedule, then a last step onto 0: `model_calls` forwards of the real schedule.
         part = torch.cat([sigmas[:model_calls], sigmas.new_zeros(1)])
-        caches: dict[int, tuple[dict, dict]] = {}
-
-        def model_fn(x, sigma, c):
-            t = torch.full((x.shape[0],), sigma * 1000.0, device=x.device)
-            cache = caches.setdefault(id(c), (c, {}))[1] if cached else None
-            return dit(x, t, c["context"], layer_spec=spec, prompt_lens=c["prompt_lens"], cache=cache)
-
-        velocity = cfg_velocity(model_fn, cond, uncond, args.guidance, batched=batched)
+        velocity = cfg_velocity(dit_model_fn(dit, spec, cached), cond, uncond, args.guidance, batched=batched)
         latent = sample(velocity, noise, part)
         times["cfg_batched"] = velocity.batched  # False when batched CFG ran out of memory and fell back
         return latent

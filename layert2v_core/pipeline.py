@@ -19,7 +19,7 @@ from .composite import consistency_error, premultiply
 from .conditioning import known_latent
 from .layered_latent import check_finite_latent, check_keep, decode_videos, encode_videos
 from .layers import LayerSpec
-from .sampling import SOLVERS, cfg_velocity, flow_sigmas, sample, seeded_noise
+from .sampling import SOLVERS, cfg_velocity, dit_model_fn, flow_sigmas, sample, seeded_noise
 from .text import encode_layer_prompts
 
 TEMPORAL_STRIDE, SPATIAL_STRIDE, DIT_MULTIPLE = 4, 8, 16
@@ -81,13 +81,14 @@ class LayerT2VPipeline:
     """DiT + RGB VAE + alpha VAE + text encoder. `offload` keeps idle components on `offload_device`."""
 
     def __init__(self, dit, vae, mask_vae, text_encoder, device: str | torch.device = "cpu", *,
-                 offload: bool = True, offload_device: str | torch.device = "cpu", vae_tile=None):
+                 offload: bool = True, offload_device: str | torch.device = "cpu", vae_tile=None,
+                 names: tuple[str, str, str] = ("the DiT", "the VAE", "the text encoder")):
         missing = [name for name, part in (("DiT", dit), ("VAE", vae), ("alpha VAE", mask_vae),
                                            ("text encoder", text_encoder)) if part is None]
         if missing:
             raise ValueError(f"the pipeline needs a DiT, an RGB VAE, an alpha VAE and a text encoder; missing: "
                              f"{', '.join(missing)}")
-        check_compatible(dit, vae, text_encoder)
+        check_compatible(dit, vae, text_encoder, *names)  # names: the files, in the messages
         self.dit, self.vae, self.mask_vae, self.text_encoder = dit, vae, mask_vae, text_encoder
         self.device = torch.device(device)
         self.offload = offload
@@ -151,18 +152,12 @@ class LayerT2VPipeline:
         cond = {"context": text.context.to(self.device), "prompt_lens": text.prompt_lens}
         uncond = {"context": text.negative_context.to(self.device), "prompt_lens": text.negative_prompt_lens}
 
-        caches: dict[int, tuple[dict, dict]] = {}  # one forward cache per conditioning (cond, uncond or both)
-
-        def model_fn(x: torch.Tensor, sigma: float, c: dict) -> torch.Tensor:
-            t = torch.full((x.shape[0],), sigma * 1000.0, device=x.device)
-            cache = caches.setdefault(id(c), (c, {}))[1]  # c is kept alive with its cache, so its id stays its own
-            return self.dit(x, t, c["context"], layer_spec=spec, prompt_lens=c["prompt_lens"], cache=cache)
-
         with self._on_device(self.dit):
-            velocity = cfg_velocity(model_fn, cond, uncond, guidance)
+            velocity = cfg_velocity(dit_model_fn(self.dit, spec), cond, uncond, guidance)
             latent = sample(velocity, noise, sigmas, solver, callback=callback, known=known, strength=strength)
 
         check_finite_latent(spec, latent, "the sampler's output")
+
         with self._on_device(self.vae, self.mask_vae):
             layers = self.decode(spec, latent)
         settings = dict(frames=frames, height=height, width=width, steps=steps, guidance=guidance, shift=shift,

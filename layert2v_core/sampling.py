@@ -175,6 +175,23 @@ class CFGVelocity:
         return v_uncond + self.guidance * (v_cond - v_uncond)
 
 
+def dit_model_fn(dit: torch.nn.Module, spec, cached: bool = True,
+                 cast: bool = False) -> Callable[[torch.Tensor, float, Mapping], torch.Tensor]:
+    """(x, sigma, conditioning) -> the DiT's velocity at timestep sigma x 1000, the model_fn of `cfg_velocity`.
+
+    cached: one forward cache per conditioning (see WanDiT.forward), so the context work runs once per generation.
+    cast: feed x in the DiT's dtype and return float32 (a half-precision DiT under a float32 sampler)."""
+    caches: dict[int, tuple[Mapping, dict]] = {}
+
+    def model_fn(x: torch.Tensor, sigma: float, c: Mapping) -> torch.Tensor:
+        t = torch.full((x.shape[0],), sigma * 1000.0, device=x.device)
+        cache = caches.setdefault(id(c), (c, {}))[1] if cached else None  # c lives with its cache: its id stays its own
+        out = dit(x.to(dit.dtype) if cast else x, t, c["context"], layer_spec=spec, prompt_lens=c["prompt_lens"],
+                  cache=cache)
+        return out.float() if cast else out
+    return model_fn
+
+
 def cfg_velocity(model_fn: Callable[[torch.Tensor, float, Any], torch.Tensor], cond: Any, uncond: Any,
                  guidance: float = DEFAULT_GUIDANCE, batched: bool = True) -> CFGVelocity:
     """A guided velocity function for `sample`; see `CFGVelocity`."""

@@ -14,7 +14,7 @@ from layert2v_core.conditioning import keep_mask
 from layert2v_core.layers import ROUTING_POLICIES, LayerSpec
 from layert2v_core.offload import blocks_on_demand
 from layert2v_core.sampling import (DEFAULT_GUIDANCE, DEFAULT_SHIFT, SOLVERS, cfg_velocity, denoiser_from_velocity,
-                                    partial_flow_sigmas, sample, seeded_noise, solver_sigmas)
+                                    dit_model_fn, partial_flow_sigmas, sample, seeded_noise, solver_sigmas)
 
 from . import host
 from .common import CATEGORY, CONDITIONING, MODEL, LayerT2VInputError, make_latent, read_latent, readable_errors
@@ -112,11 +112,7 @@ def _run(dit, offload: str, spec: LayerSpec, text, samples, noise, schedule, cfg
     uncond = {"context": _batched(text.negative_context, batch).to(device, dit.dtype),
               "prompt_lens": _batched(text.negative_prompt_lens, batch)}
 
-    def model_fn(x: torch.Tensor, sigma: float, c: dict) -> torch.Tensor:
-        t = torch.full((x.shape[0],), sigma * 1000.0, device=device)
-        return dit(x.to(dit.dtype), t, c["context"], layer_spec=spec, prompt_lens=c["prompt_lens"]).float()
-
-    velocity = cfg_velocity(model_fn, cond, uncond, cfg)
+    velocity = cfg_velocity(dit_model_fn(dit, spec, cast=True), cond, uncond, cfg)
     total = len(schedule) - 1
     update = host.progress(total)
 
