@@ -19,8 +19,8 @@ from .dit import ROPE_MODES, DiTConfig, WanDiT
 from .layers import ROUTING_POLICIES
 from .mask_modes import PROJECTIONS_FILE, load_projections, mode_of_file
 from .mask_vae import FORMAT_NAME as MASK_VAE_FORMAT
-from .weights import (CheckpointError, WeightSource, assign_weights, is_side_tensor, open_weights, read_tensor,
-                      save_weights_atomic)
+from .weights import (CheckpointError, WeightSource, assign_weights, is_side_tensor, load_torch_file, open_weights,
+                      read_tensor, save_weights_atomic)
 
 log = logging.getLogger(__name__)
 
@@ -322,7 +322,7 @@ def _load_official(path: Path, ema: bool | None) -> Adapter:
     if ema:
         if not ema_file.is_file():
             raise FileNotFoundError(f"EMA weights asked for, but {ema_file} does not exist; leave EMA off")
-        state = torch.load(str(ema_file), map_location="cpu", weights_only=True)
+        state = load_torch_file(ema_file, mmap=False)
         shadow = state.get("shadow_params") if isinstance(state, dict) else None
         if not isinstance(shadow, list) or not all(isinstance(t, torch.Tensor) for t in shadow):
             raise CheckpointError(f"{ema_file} has no shadow_params list of tensors (an EMAModel state dict)")
@@ -383,12 +383,10 @@ def load_dit(path: str | os.PathLike, dtype: torch.dtype | None = None, device: 
         known.update(extra.settings)
     if num_heads is not None:
         known["num_heads"] = num_heads
-    if rope is not None:
-        if rope not in ROPE_MODES:
-            raise ValueError(f"rope must be one of {ROPE_MODES}, got {rope!r}")
+    if rope is not None:  # WanDiT checks it against ROPE_MODES
         known["rope"] = rope
     if rope_dims is not None:
-        known["rope_dims"] = tuple(rope_dims)
+        known["rope_dims"] = rope_dims
     if known.get("rope_dims") is not None:
         known["rope_dims"] = tuple(known["rope_dims"])
 

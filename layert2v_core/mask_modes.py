@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from .dit import RMSNorm
 from .mask_vae import MASK_MODE as VAE_LORA, load_mask_vae
 from .vae import WanVAE
-from .weights import CheckpointError, describe_mismatch
+from .weights import CheckpointError, describe_mismatch, load_torch_file
 
 log = logging.getLogger(__name__)
 
@@ -217,7 +217,7 @@ class MaskSegmentProjections(nn.Module):
 def load_projections(path: str | os.PathLike) -> MaskSegmentProjections:
     """The official mask_vae_projects.pt ({proj_in, proj_out, config}), read with weights_only."""
     path = Path(path)
-    state = torch.load(str(path), map_location="cpu", weights_only=True)
+    state = load_torch_file(path, mmap=False)
     if not isinstance(state, dict) or not isinstance(state.get("proj_in"), dict) \
             or not isinstance(state.get("proj_out"), dict):
         raise CheckpointError(f"{path} is not an official {PROJECTIONS_FILE} (a dict with proj_in, proj_out, config)")

@@ -124,7 +124,7 @@ def load_pipeline(paths: ModelPaths, device: str | torch.device = "cpu", dtype: 
     weights (see load_dit)."""
     from .checkpoints import load_dit
     from .mask_modes import choose_mask_mode, load_mask_mode
-    from .pipeline import LayerT2VPipeline, check_compatible
+    from .pipeline import LayerT2VPipeline
     from .text import load_text_encoder
     from .vae import frozen_vae_dtype, load_vae
 
@@ -133,8 +133,10 @@ def load_pipeline(paths: ModelPaths, device: str | torch.device = "cpu", dtype: 
         dtype = torch.float32  # half-precision files compute in fp32 on CPU, where fp16 kernels are slow or missing
     matte = choose_mask_mode(paths.mask_vae, paths.adapter, mask_mode)  # a missing mask file stops us before loading
     dit = load_dit(paths.dit, dtype=dtype, device=home, adapter=paths.adapter, rope=rope, ema=ema)
+    if matte[0] != "vae-project":  # the chosen mode decides, also over an official run's projections file
+        dit.mask_projection = None
     vae = load_vae(paths.vae, dtype=frozen_vae_dtype(device), device=home)
     mask_vae = load_mask_mode(vae, *matte)  # every mode shares the frozen VAE weights; vae-lora adds its adapter
     text_encoder = load_text_encoder(paths.text_encoder, dtype=dtype, device=home)
-    check_compatible(dit, vae, text_encoder, str(paths.dit), str(paths.vae), str(paths.text_encoder))
-    return LayerT2VPipeline(dit, vae, mask_vae, text_encoder, device, offload=offload, vae_tile=vae_tile)
+    return LayerT2VPipeline(dit, vae, mask_vae, text_encoder, device, offload=offload, vae_tile=vae_tile,
+                            names=(str(paths.dit), str(paths.vae), str(paths.text_encoder)))
