@@ -24,6 +24,12 @@ PROMPT_LENS_KEY = "layert2v_prompt_lens"
 HOST_PREFIX = "diffusion_model."
 
 
+def patch_grid(latent_shape, patch_size) -> tuple[int, int]:
+    """(latent frames, tokens) of a latent [T, H, W] cut into Wan patches, a partial patch counting whole."""
+    grid = [-(-size // step) for size, step in zip(latent_shape, patch_size)]
+    return grid[0], grid[0] * grid[1] * grid[2]
+
+
 def lora_state_dict(adapter: Adapter, prefix: str = HOST_PREFIX) -> dict[str, torch.Tensor]:
     """The adapter as a generic LoRA file: `<prefix><module>.lora_A/lora_B.weight` with `.alpha` = scale * rank, and
     every replaced tensor but the LayerAdaLN table as `<prefix><name>.set_weight`."""

@@ -149,11 +149,15 @@ class LayerT2VVAELoader:
             tile = Tiling(tile_size, tile_overlap) if tiling == "on" else None
             vae = load_vae(_model_file(vae_name, "vae", "vae"), dtype=host.default_dtype(),
                            device=host.offload_device())
-            if alpha_vae_name in FILELESS_MASK_MODES:
-                mask_vae = load_mask_mode(vae, FILELESS_MASK_MODES[alpha_vae_name])
-            else:
-                mask_vae = load_mask_mode(vae, None, _model_file(alpha_vae_name, "mask_vae", host.ADAPTER_KIND, "vae"))
+            mask_vae = alpha_vae(vae, alpha_vae_name)
         return (LoadedVAE(vae, mask_vae, tile),)
+
+
+def alpha_vae(vae, name: str):
+    """The alpha VAE (any official mask mode) chosen by `name` in a loader's list, on the RGB VAE `vae`."""
+    if name in FILELESS_MASK_MODES:
+        return load_mask_mode(vae, FILELESS_MASK_MODES[name])
+    return load_mask_mode(vae, None, _model_file(name, "mask_vae", host.ADAPTER_KIND, "vae"))
 
 
 class LayerT2VTextEncoderLoader:

@@ -15,13 +15,12 @@ import torch
 
 from layert2v_core.checkpoints import load_adapter
 from layert2v_core.layers import ROUTING_POLICIES
-from layert2v_core.mask_vae import load_mask_vae
-from layert2v_core.native_wan import PROMPT_LENS_KEY, LayeredWan, layer_modulation, lora_state_dict
+from layert2v_core.native_wan import PROMPT_LENS_KEY, LayeredWan, layer_modulation, lora_state_dict, patch_grid
 from layert2v_core.vae import load_vae
 
 from . import host
 from .common import CATEGORY, VAE, LayerT2VInputError, LoadedVAE, readable_errors
-from .loaders import _adapter_choices, _adapter_path, _choices, _model_file
+from .loaders import _adapter_choices, _adapter_path, _choices, alpha_vae
 
 NODE = "Apply LayerT2V"
 FROM_CHECKPOINT = "checkpoint"
@@ -130,11 +129,9 @@ class _LayeredForward:
         if prompt_lens is None:
             raise LayerT2VInputError(f"{NODE}: this model is a LayerT2V model, but its prompts did not come from Layer "
                                      f"Text Encode; connect its 'positive' and 'negative' outputs to the sampler")
-        wan = executor.class_obj
-        patch = wan.patch_size
-        grid = [-(-size // step) for size, step in zip(x.shape[2:], patch)]
         with readable_errors(NODE):
-            call, context = self.layered.prepare(prompt_lens, context, grid[0], grid[0] * grid[1] * grid[2])
+            call, context = self.layered.prepare(prompt_lens, context, *patch_grid(x.shape[2:],
+                                                                                   executor.class_obj.patch_size))
         options = {**transformer_options, STATE_KEY: call,
                    "optimized_attention_override": _RoutedAttention(
                        transformer_options.get("optimized_attention_override"))}
@@ -193,7 +190,7 @@ class LayerT2VAlphaVAE:
             if inner is None:
                 raise LayerT2VInputError(f"{node}: 'vae' is not a ComfyUI VAE (connect Load VAE)")
             rgb = load_vae(inner.state_dict(), dtype=host.default_dtype(), device=host.offload_device())
-            mask_vae = load_mask_vae(rgb, _model_file(alpha_vae_name, "mask_vae", host.ADAPTER_KIND, "vae"))
+            mask_vae = alpha_vae(rgb, alpha_vae_name)
         return (LoadedVAE(rgb, mask_vae, None),)
 
 

@@ -19,7 +19,6 @@ RGBA_CHOICES = {
     "webm + mov": ("webm", "mov"),
     "all": ("webm", "mov", "png"),
 }
-PREVIEW_NAME = WEBP_PREVIEW
 
 
 class LayerT2VSaveLayers:
@@ -56,7 +55,7 @@ class LayerT2VSaveLayers:
                         manifest={"mask_output": "Decode Layers' MASK output is 1 - alpha (ComfyUI convention)"},
                         webp_preview=True)
         subfolder = folder.relative_to(root).as_posix()
-        return {"ui": {"images": [{"filename": PREVIEW_NAME, "subfolder": subfolder, "type": "output"}],
+        return {"ui": {"images": [{"filename": WEBP_PREVIEW, "subfolder": subfolder, "type": "output"}],
                        "animated": (True,)}}
 
 

@@ -150,7 +150,7 @@ class LayeredVideoDataset(Dataset):
             else:
                 self.entries.append(entry)
         if not self.entries:
-            raise ValueError(f"no usable sample in {self.source}: {self._skip_summary()}; check it with "
+            raise ValueError(f"no usable sample in {self.source}: {self.skip_summary()}; check it with "
                              f"`python train/data.py --check-data {self.source}`")
         self._unusable: set[int] = set()
 
@@ -158,7 +158,8 @@ class LayeredVideoDataset(Dataset):
         self.skipped[error.kind] += 1
         self.skipped_samples.append((sample_id, str(error)))
 
-    def _skip_summary(self) -> str:
+    def skip_summary(self) -> str:
+        """The samples left out while indexing, counted, the first three with their reasons."""
         if not self.skipped_samples:
             return "it holds no sample folders (each with metadata.json) or jsonl rows"
         shown = "; ".join(f"{sample_id}: {reason}" for sample_id, reason in self.skipped_samples[:3])
@@ -211,7 +212,7 @@ class LayeredVideoDataset(Dataset):
                 skipped.append({"id": self.entries[candidate].id, "kind": error.kind, "reason": str(error)})
                 continue
             return {**item, "skipped": skipped} if skipped else item
-        raise RuntimeError(f"every sample in {self.source} is unusable: {self._skip_summary()}; check it with "
+        raise RuntimeError(f"every sample in {self.source} is unusable: {self.skip_summary()}; check it with "
                            f"`python train/data.py --check-data {self.source}`")
 
 

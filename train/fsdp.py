@@ -56,8 +56,6 @@ def save_shards(folder: Path, module, trainable: dict, ema: dict | None, optimiz
 
 def load_shards(folder: Path, module, trainable: dict, ema: dict | None, optimizer) -> None:
     """Read this process' shard of a `save_shards` checkpoint back into the live tensors (a collective)."""
-    if not (folder / SHARDED).is_dir():
-        raise SystemExit(f"{folder}: not a sharded (fsdp) checkpoint; resume it without --fsdp, or start afresh")
     state = _tensors(module, trainable, ema, optimizer)
     with torch.no_grad():
         dcp.load(state, checkpoint_id=str(folder / SHARDED))

@@ -102,6 +102,7 @@ def train(task: Task, cfg: TrainConfig) -> Path:
     else:
         module, optimizer = accelerator.prepare(task.module, optimizer)
     ema = {k: v.detach().float().clone() for k, v in trainable.items()} if cfg.ema_decay > 0 else None
+    named = {**trainable, **{f"ema.{k}": v for k, v in (ema or {}).items()}}  # what a checkpoint holds, by name
 
     batches = ShardedBatches(task, cfg.batch_size, cfg.seed, accelerator.process_index, accelerator.num_processes,
                              cfg.num_workers)
@@ -110,8 +111,7 @@ def train(task: Task, cfg: TrainConfig) -> Path:
     resume = resume_checkpoint(cfg.resume, cfg.output_dir, say=accelerator.print)
     if resume is not None:
         path, loaded = resume
-        state = {**trainable, **({f"ema.{k}": v for k, v in ema.items()} if ema else {})}
-        progress = apply_checkpoint(path, loaded, state, optimizer, scheduler, generator, sharded=cfg.fsdp)
+        progress = apply_checkpoint(path, loaded, named, optimizer, scheduler, generator, sharded=cfg.fsdp)
         if cfg.fsdp:
             sharding.load_shards(path, module, trainable, ema, plain_optimizer)
         load_process_rng(path, accelerator.process_index, generator)
@@ -178,9 +178,8 @@ def train(task: Task, cfg: TrainConfig) -> Path:
             accelerator.wait_for_everyone()
             if main:
                 position = {"epoch": batches.epoch, "position": batches.position}
-                state = None if cfg.fsdp else {**trainable, **({f"ema.{k}": v for k, v in ema.items()} if ema else {})}
-                save_checkpoint(out, step, state, None if cfg.fsdp else optimizer, scheduler, generator, position,
-                                cfg.keep_last)
+                save_checkpoint(out, step, None if cfg.fsdp else named, None if cfg.fsdp else optimizer, scheduler,
+                                generator, position, cfg.keep_last)
 
     if bar is not None:
         bar.close()
@@ -203,11 +202,8 @@ class _SkipReport:
 
     def __init__(self, dataset, say: Callable[[str], None]):
         self.say, self.kinds = say, Counter(getattr(dataset, "skipped", {}))  # found while indexing the data
-        indexed = getattr(dataset, "skipped_samples", [])
-        if indexed:
-            shown = "; ".join(f"{sample_id}: {reason}" for sample_id, reason in indexed[:3])
-            more = "; ..." if len(indexed) > 3 else ""
-            say(f"left out {len(indexed)} sample(s) while indexing the data ({shown}{more})")
+        if getattr(dataset, "skipped_samples", []):
+            say(f"left out while indexing the data: {dataset.skip_summary()}")
 
     def add(self, entries) -> None:
         for entry in entries:

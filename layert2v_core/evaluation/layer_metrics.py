@@ -128,6 +128,19 @@ def alpha_sharpness(alpha: torch.Tensor) -> float:
     return float((decisive & touched).sum() / touched.sum())
 
 
+def region_labels(mask: torch.Tensor) -> torch.Tensor:
+    """Labels [..., H, W] of 8-connected regions of a bool mask, per leading index: 0 = background, else the largest
+    flat index of the region's pixels plus one."""
+    shape = mask.shape
+    flat = mask.reshape(-1, 1, *shape[-2:])
+    labels = torch.arange(1, flat.numel() + 1, dtype=torch.float32).reshape(flat.shape) * flat
+    while True:  # each pass spreads the largest label one pixel; stops when the regions are uniform
+        spread = F.max_pool2d(labels, 3, stride=1, padding=1) * flat
+        if torch.equal(spread, labels):
+            return labels.reshape(shape).long()
+        labels = spread
+
+
 def dilate(mask: torch.Tensor, pixels: int = REGION_DILATION) -> torch.Tensor:
     """Bool [T, H, W] grown by `pixels` in every direction."""
     return F.max_pool2d(mask.float()[:, None], 2 * pixels + 1, stride=1, padding=pixels)[:, 0] > 0

@@ -9,7 +9,8 @@ from __future__ import annotations
 import statistics
 
 import torch
-import torch.nn.functional as F
+
+from .layer_metrics import region_labels
 
 
 def _world():
@@ -28,13 +29,7 @@ def parse_caption(caption: str) -> tuple[str, str] | None:
 
 def components(mask: torch.Tensor, min_area: int = 4) -> int:
     """Connected regions (8-neighbour) of a bool image [H, W] with at least `min_area` pixels."""
-    h, w = mask.shape
-    labels = torch.where(mask, torch.arange(1, h * w + 1, dtype=torch.float32).view(h, w), torch.zeros(h, w))
-    while True:  # spread the largest label over each region until nothing changes
-        grown = F.max_pool2d(labels[None, None], 3, stride=1, padding=1)[0, 0] * mask
-        if torch.equal(grown, labels):
-            break
-        labels = grown
+    labels = region_labels(mask)
     _, counts = labels[mask].unique(return_counts=True)
     return int((counts >= min_area).sum())
 

@@ -13,6 +13,8 @@ from typing import Any, Mapping, Sequence
 import torch
 import torch.nn.functional as F
 
+from layert2v_core.evaluation.layer_metrics import region_labels as components
+
 from .stages import Annotation, Rejection, Subject
 
 THRESHOLD = 0.1
@@ -45,19 +47,6 @@ def dilate(mask: torch.Tensor, radius: int) -> torch.Tensor:
 
 def erode(mask: torch.Tensor, radius: int) -> torch.Tensor:
     return ~dilate(~mask, radius)
-
-
-def components(mask: torch.Tensor) -> torch.Tensor:
-    """Labels [..., H, W] of 8-connected regions of a boolean mask, per leading index: 0 = background, else the
-    largest flat index of the region's pixels plus one."""
-    shape = mask.shape
-    flat = mask.reshape(-1, 1, *shape[-2:])
-    labels = torch.arange(1, flat.numel() + 1, dtype=torch.float32).reshape(flat.shape) * flat
-    while True:  # each pass spreads the largest label one pixel; stops when the regions are uniform
-        spread = F.max_pool2d(labels, 3, stride=1, padding=1) * flat
-        if torch.equal(spread, labels):
-            return labels.reshape(shape).long()
-        labels = spread
 
 
 def fill_holes(image: torch.Tensor, missing: torch.Tensor, rings: int | None = None) -> torch.Tensor:
