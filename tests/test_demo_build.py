@@ -1,7 +1,11 @@
 """The demo-model build, end to end at smoke size: every part made by the project's own code, evaluated, carded."""
 import json
+import stat
+
+import pytest
 
 from layert2v_core.cli import main as cli_main
+from train import build_demo
 from train.build_demo import QUICK, build
 
 
@@ -22,12 +26,16 @@ def test_quick_build_makes_a_usable_model_folder(tmp_path):
             previews.load()  # Pillow fills in a WEBP frame's duration when it decodes it
             durations.append(previews.info["duration"])
         assert abs(sum(durations) - QUICK["frames"] * 1000 / QUICK["fps"]) <= QUICK["frames"]
-    assert set(record["seconds"]) == {"synthetic data", "text encoder and initial DiT", "vae", "stage 1", "cache",
-                                      "stage 2", "stage 3"}
+    assert set(record["seconds"]) == {"synthetic data", "text encoder and initial DiT", "vae frames", "vae clips",
+                                      "stage 1", "cache", "stage 2", "stage 3"}
+    for path in out.rglob("*"):  # a model folder is copied between users: everything readable by all
+        assert path.stat().st_mode & stat.S_IROTH, path
     report = json.loads((out / "evaluation.json").read_text())
     model, truth = report["runs"]["model"]["aggregate"], report["runs"]["ground truth"]["aggregate"]
     assert model["samples"] == truth["samples"] == 3 and model["failed"] == 0
     assert truth["layers"]["world_colour_match"] == 1.0  # the metrics recognise the truth
+    assert truth["layers"]["world_shape_match"] == 1.0 and truth["layers"]["world_bg_texture_match"] == 1.0
+    assert report["runs"]["truth through the VAEs"]["aggregate"]["samples"] == 3
     assert truth["layers"]["fg_present_95"] == 1.0 and truth["layers"]["multi_all_present"] == 1.0
     assert "consistency_in_alpha" in model["layers"] and "temporal_flickering" in model["vbench"]
     assert len(list((out / "evaluation").glob("*.png"))) == 6  # 2 + 1 previewed samples, model and truth
@@ -41,3 +49,26 @@ def test_quick_build_makes_a_usable_model_folder(tmp_path):
     assert code == 0
     manifest = json.loads(next((tmp_path / "gen").glob("*/manifest.json")).read_text())
     assert manifest["num_foregrounds"] == 3
+
+
+def test_a_build_refuses_to_start_over_an_earlier_one_and_resumes_it(tmp_path, monkeypatch):
+    work = tmp_path / "work"
+    (work / "vae_frames").mkdir(parents=True)
+    with pytest.raises(SystemExit, match="--resume"):
+        build(tmp_path / "model", work, QUICK, evaluate=False)
+    ran = []
+    phases = build_demo.Phases(work, QUICK, resume=True)
+    phases.run("synthetic data", lambda: ran.append(1))
+    phases.run("synthetic data", lambda: ran.append(2))  # recorded as done: not run again
+    assert ran == [1]
+    assert build_demo.Phases(work, QUICK, resume=True).done("synthetic data")
+    with pytest.raises(SystemExit, match="another plan"):
+        build_demo.Phases(work, {**QUICK, "size": 48}, resume=True)
+
+
+def test_quick_defaults_never_write_the_shipped_model(monkeypatch):
+    seen = {}
+    monkeypatch.setattr(build_demo, "build", lambda out, work, plan, **kw: seen.update(out=out, work=work) or
+                        {"total_seconds": 0})
+    build_demo.main(["--quick"])
+    assert "runs" in seen["out"].parts and "runs" in seen["work"].parts

@@ -1,6 +1,8 @@
 """Build the embedded demo model from nothing, on CPU, with the project's own code only.
 
-    python train/build_demo.py --out models/layert2v-tiny
+    python train/build_demo.py                 # writes models/layert2v-tiny; work files in runs/demo
+    python train/build_demo.py --resume        # continue an interrupted build where it stopped
+    python train/build_demo.py --quick         # a smoke run, written under runs/demo-quick
 
 Steps: synthetic layered videos (train/synthetic.py) -> a umt5 tokenizer + encoder for their vocabulary -> a
 Wan2.1-architecture VAE trained on them -> stage 1 (alpha VAE) -> a training cache -> stage 2 (the DiT learns
@@ -23,7 +25,7 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 
 import torch  # noqa: E402
 
-from layert2v_core.atomic import write_json  # noqa: E402
+from layert2v_core.atomic import write_json, writing_folder  # noqa: E402
 from layert2v_core.checkpoints import load_dit, save_dit  # noqa: E402
 from layert2v_core.dit import WanDiT  # noqa: E402
 from layert2v_core.model_folder import GENERATION_FILE  # noqa: E402
@@ -31,7 +33,7 @@ from layert2v_core.vae import load_vae, save_vae  # noqa: E402
 from train.cache import build_cache  # noqa: E402
 from train.config import parse_config  # noqa: E402
 from train.dit_task import DiTTask, MultiForegroundTask  # noqa: E402
-from train.evaluate_demo import SAMPLING, evaluate_and_write_card  # noqa: E402
+from train.evaluate_demo import SAMPLING, evaluate_and_write_card, previous_summary  # noqa: E402
 from train.loop import train  # noqa: E402
 from train.mask_vae_task import MaskVAETask  # noqa: E402
 from train.synthetic import caption_vocabulary, write_dataset  # noqa: E402
@@ -39,34 +41,42 @@ from train.tiny_models import example_sentences, tiny_dit_config, write_text_enc
 from train.vae_task import VAETask  # noqa: E402
 
 # Sizes and schedules; --quick shrinks them to a smoke run (used by the tests).
-# The VAE learns shapes and textures on single frames first (a batch of 16 frames costs what 2 clips do and is far
-# more varied), then the temporal layers on clips as long as the DiT's: trained on 5-frame clips only, it
-# reconstructed frames 5-8 of 9-frame clips about twice as badly. Its L1 weighs foreground pixels 1 + 20·alpha.
-# The clip phase starts frame by frame (vae_task.start_frame_by_frame) at a low lr: at 1e-3 its batches of two clips
-# undid part of the single-frame phase (frame-0 L1 0.100 -> 0.130 in 300 steps), at 3e-4 they did not (0.109).
-# The DiT stays at width 128: for the same 4.5 minutes of stage 2, width 256 (0.29 s/step against 0.13) ended at
-# loss 0.542 against 0.508. The time the clip phase no longer needs went to more DiT steps and multi-foreground data.
+# 64x64, 17 frames: 5 latent frames per layer, so the VAE's temporal decoding and the DiT's temporal attention are
+# really exercised. The VAE learns shapes and textures on single frames first (a batch of 16 frames costs about what
+# 2 clips do and is far more varied), then its temporal layers on clips as long as the DiT's, starting frame by frame
+# (vae_task.start_frame_by_frame) at a low lr: at 1e-3 its batches of two clips undid part of the single-frame phase,
+# at 3e-4 they did not. Its L1 weighs foreground pixels 1 + 20·alpha and, on clips, also frame-to-frame differences:
+# the previous build (300 clip steps, no temporal term) decoded each 4-frame latent group as one repeated frame, so a
+# ground-truth clip passed through it moved in 4-pixel jumps (largest/median centroid step 3.3 on average, against
+# 1.1 in the truth) while the same clips kept 100% presence - the 4-frame steps of the demo came from the VAE.
+# The DiT has one 128-wide head (dim 128), as every Wan2.1 model has 128-wide heads: at dim 256 with two heads a
+# step costs 2.5-3.5x as much (0.24 -> 0.6 s single-foreground, 0.5 -> 1.6 s three-foreground, batch 8), and in the
+# previous build's measurement the wider model ended 4.5 minutes of stage 2 at a higher loss (0.542 against 0.508).
 # The DiT stages leave out the alpha-decoder loss (lambda_mask 0): decoding every predicted mask through the alpha VAE
-# is ~90% of a step of this small model (measured 0.11 s/step without, 1.1 s with); the quick plan keeps it on so
-# the tests still run it.
-FULL = dict(frames=9, size=48, single=700, multi=500, text_dim=64, vae_width=8, vae_foreground_weight=20.0,
-            vae_image_steps=1000, vae_image_batch=16, vae_steps=300, vae_batch=2, vae_lr=2e-3, vae_clip_lr=3e-4,
-            mask_steps=100, stage2_steps=7000, stage3_steps=2000, lambda_mask=0.0, batch=8,
-            dit=dict(dim=128, ffn_dim=512, num_heads=2, num_layers=4),
+# is ~90% of a step of this small model; the quick plan keeps it on so the tests still run it.
+FULL = dict(frames=17, size=64, single=600, multi=400, text_dim=64, vae_width=8, vae_foreground_weight=20.0,
+            vae_temporal_weight=1.0, vae_image_steps=800, vae_image_batch=16, vae_steps=1000, vae_batch=2,
+            vae_lr=2e-3, vae_clip_lr=3e-4, mask_steps=200, stage2_steps=5000, stage3_steps=2000, lambda_mask=0.0,
+            batch=8, dit=dict(dim=128, ffn_dim=512, num_heads=1, num_layers=4),
             eval=dict(seeds=24, two_fg_seeds=12, steps=25), fps=8.0)
 QUICK = dict(frames=5, size=32, single=8, multi=6, text_dim=32, vae_width=8, vae_foreground_weight=20.0,
-             vae_image_steps=3, vae_image_batch=4, vae_steps=3, vae_batch=2, vae_lr=2e-3, vae_clip_lr=3e-4,
-             mask_steps=3, stage2_steps=3, stage3_steps=3, lambda_mask=0.1, batch=2,
-             dit=dict(dim=64, ffn_dim=128, num_heads=2, num_layers=2),
+             vae_temporal_weight=1.0, vae_image_steps=3, vae_image_batch=4, vae_steps=3, vae_batch=2, vae_lr=2e-3,
+             vae_clip_lr=3e-4, mask_steps=3, stage2_steps=3, stage3_steps=3, lambda_mask=0.1, batch=2,
+             dit=dict(dim=128, ffn_dim=128, num_heads=1, num_layers=2),
              eval=dict(seeds=2, two_fg_seeds=1, steps=3), fps=8.0)
+DEFAULT_OUT, DEFAULT_WORK = "models/layert2v-tiny", "runs/demo"
+QUICK_OUT, QUICK_WORK = "runs/demo-quick/model", "runs/demo-quick/work"  # a smoke run never touches the shipped model
+PROGRESS = "build_progress.json"  # in --work: the plan and the seconds of every finished phase
+CHECKPOINT_EVERY = 250  # steps; what an interrupted phase loses at most
 
 
 def stage_config(plan: dict, work: Path, name: str, **options) -> "TrainConfig":  # noqa: F821
-    """A TrainConfig for one step of the build, every value spelled out (the model card records them)."""
+    """A TrainConfig for one step of the build, every value spelled out (the model card records them); an
+    interrupted step continues from its latest checkpoint."""
     base = {"frames": plan["frames"], "height": plan["size"], "width": plan["size"], "batch_size": plan["batch"],
-            "num_workers": 0, "cpu": True, "log_every": 50, "save_every": 100000, "keep_last": 1,
-            "warmup_steps": 50, "output_dir": str(work / name), "seed": 0,
-            "t_mean": 0.5}  # the shipped demo model was trained with t = sigmoid(N(0.5, 1))
+            "num_workers": 0, "cpu": True, "log_every": 50, "save_every": CHECKPOINT_EVERY, "keep_last": 1,
+            "warmup_steps": 50, "output_dir": str(work / name), "seed": 0, "resume": "latest",
+            "t_mean": 0.5}  # the demo model is trained with t = sigmoid(N(0.5, 1))
     base.update(options)
     argv = []
     for key, value in base.items():
@@ -74,95 +84,150 @@ def stage_config(plan: dict, work: Path, name: str, **options) -> "TrainConfig":
     return parse_config(name, argv)
 
 
-def build(out: Path, work: Path, plan: dict, evaluate: bool = True) -> dict:
-    timings, started = {}, time.perf_counter()
+class Phases:
+    """The build's phases, each run once: a finished phase is recorded in work/build_progress.json with its
+    seconds and skipped when the build is resumed; an unfinished training phase resumes from its checkpoint."""
 
-    def lap(name: str) -> None:
-        timings[name] = round(time.perf_counter() - started - sum(timings.values()), 1)
-        print(f"[build_demo] {name}: {timings[name]} s", flush=True)
+    def __init__(self, work: Path, plan: dict, resume: bool):
+        self.path = work / PROGRESS
+        record = json.loads(self.path.read_text()) if resume and self.path.exists() else None
+        if record is not None and record["plan"] != plan:
+            raise SystemExit(f"{self.path}: this build was started with another plan; resume it with the same "
+                             f"options (--quick or not), or give a new --work")
+        self.record = record or {"plan": plan, "seconds": {}}
 
-    data1, data_multi = work / "data_single", work / "data_multi"
-    write_dataset(data1, samples=plan["single"], seed=1, frames=plan["frames"], height=plan["size"],
-                  width=plan["size"], max_foregrounds=1, split="train", lossless=True)
-    write_dataset(data_multi, samples=plan["multi"], seed=2, frames=plan["frames"], height=plan["size"],
-                  width=plan["size"], max_foregrounds=3, split="train", lossless=True)
-    lap("synthetic data")
+    def done(self, name: str) -> bool:
+        return name in self.record["seconds"]
 
-    parts = work / "parts"
-    parts.mkdir(parents=True, exist_ok=True)
-    sentences = example_sentences(caption_vocabulary(), count=2000) + [
-        json.loads((p / "metadata.json").read_text())["captions"]["full"] for p in sorted(data1.iterdir())[:500]]
-    write_text_encoder(parts / "text_encoder.safetensors", sentences, d_model=plan["text_dim"])
-    torch.manual_seed(0)
-    save_dit(WanDiT(tiny_dit_config(plan["text_dim"], 1, **plan["dit"])), parts / "dit_init.safetensors")
-    lap("text encoder and initial DiT")
+    def run(self, name: str, work) -> None:
+        if self.done(name):
+            print(f"[build_demo] {name}: done before ({self.record['seconds'][name]} s)", flush=True)
+            return
+        started = time.perf_counter()
+        work()
+        self.record["seconds"][name] = round(time.perf_counter() - started, 1)
+        write_json(self.path, self.record)
+        print(f"[build_demo] {name}: {self.record['seconds'][name]} s", flush=True)
 
-    weight = plan["vae_foreground_weight"]
-    cfg = stage_config(plan, work, "vae_frames", data=str(data_multi), max_foregrounds=3, frames=1,
-                       batch_size=plan["vae_image_batch"], max_steps=plan["vae_image_steps"], lr=plan["vae_lr"])
-    train(VAETask(cfg, width=plan["vae_width"], foreground_weight=weight), cfg)
-    cfg = stage_config(plan, work, "vae", data=str(data_multi), max_foregrounds=3, batch_size=plan["vae_batch"],
-                       vae=str(work / "vae_frames" / "final" / "vae.safetensors"), max_steps=plan["vae_steps"],
-                       lr=plan["vae_clip_lr"])
-    train(VAETask(cfg, foreground_weight=weight), cfg)
-    shutil.copy(work / "vae" / "final" / "vae.safetensors", parts / "vae.safetensors")
-    lap("vae")
 
-    cfg = stage_config(plan, work, "stage1", data=str(data_multi), max_foregrounds=3,
-                       vae=str(parts / "vae.safetensors"), max_steps=plan["mask_steps"], lr=2e-3, mask_lora_rank=8,
-                       mask_lora_alpha=8, mask_proj_hidden=16, batch_size=plan["vae_batch"])
-    train(MaskVAETask(cfg), cfg)
-    shutil.copy(work / "stage1" / "final" / "mask_vae.safetensors", parts / "mask_vae.safetensors")
-    lap("stage 1")
-
+def build(out: Path, work: Path, plan: dict, evaluate: bool = True, resume: bool = False) -> dict:
+    if not resume and work.exists() and any(work.iterdir()):
+        raise SystemExit(f"{work} holds an earlier build: continue it with --resume, or delete the folder (or give "
+                         f"another --work) to start from nothing")
+    work.mkdir(parents=True, exist_ok=True)
+    phases = Phases(work, plan, resume)
+    data1, data_multi, parts = work / "data_single", work / "data_multi", work / "parts"
     model_parts = dict(vae=str(parts / "vae.safetensors"), mask_vae=str(parts / "mask_vae.safetensors"),
                        text_encoder=str(parts / "text_encoder.safetensors"))
-    for name, data, n in (("cache_single", data1, 1), ("cache_multi", data_multi, 3)):
-        build_cache(stage_config(plan, work, name, data=str(data), max_foregrounds=n, **model_parts), work / name)
-    lap("cache")
+    size = dict(frames=plan["frames"], height=plan["size"], width=plan["size"], split="train", lossless=True)
 
-    cfg = stage_config(plan, work, "stage2", data=str(work / "cache_single"), max_foregrounds=1, lora_rank=0,
-                       dit=str(parts / "dit_init.safetensors"), max_steps=plan["stage2_steps"], lr=1e-3,
-                       warmup_steps=100, lambda_mask=plan["lambda_mask"], **model_parts)
-    train(DiTTask(cfg), cfg)
-    lap("stage 2")
+    def data() -> None:
+        for folder, samples, seed, most in ((data1, plan["single"], 1, 1), (data_multi, plan["multi"], 2, 3)):
+            shutil.rmtree(folder, ignore_errors=True)  # a phase cut short left part of it
+            write_dataset(folder, samples=samples, seed=seed, max_foregrounds=most, **size)
 
-    cfg = stage_config(plan, work, "stage3", data=str(work / "cache_multi"), max_foregrounds=3, lora_rank=0,
-                       dit=str(work / "stage2" / "final" / "dit.safetensors"), max_steps=plan["stage3_steps"],
-                       lr=5e-4, lambda_mask=plan["lambda_mask"], **model_parts)
-    train(MultiForegroundTask(cfg), cfg)
-    lap("stage 3")
+    def parts_from_nothing() -> None:
+        parts.mkdir(parents=True, exist_ok=True)
+        sentences = example_sentences(caption_vocabulary(), count=2000) + [
+            json.loads((p / "metadata.json").read_text())["captions"]["full"] for p in sorted(data1.iterdir())[:500]]
+        write_text_encoder(parts / "text_encoder.safetensors", sentences, d_model=plan["text_dim"])
+        torch.manual_seed(0)
+        save_dit(WanDiT(tiny_dit_config(plan["text_dim"], 1, **plan["dit"])), parts / "dit_init.safetensors")
 
-    out.mkdir(parents=True, exist_ok=True)
-    dit = load_dit(work / "stage3" / "final" / "dit.safetensors")
-    save_dit(dit, out / "dit.safetensors", dtype=torch.float16)  # half the size; loaded in fp32 on CPU
-    save_vae(load_vae(parts / "vae.safetensors"), out / "vae.safetensors", dtype=torch.float16)
-    for name in ("mask_vae.safetensors", "text_encoder.safetensors"):
-        shutil.copy(parts / name, out / name)
-    # What generation defaults to with this model (the CLI reads it): its training size and the evaluation's sampling.
-    write_json(out / GENERATION_FILE, {"frames": plan["frames"], "height": plan["size"], "width": plan["size"],
-                                       "steps": plan["eval"]["steps"], "cfg": SAMPLING["guidance"],
-                                       "shift": SAMPLING["shift"], "solver": SAMPLING["solver"], "fps": plan["fps"]})
-    record = {"plan": plan, "seconds": timings, "total_seconds": round(time.perf_counter() - started, 1),
-              "command": "python train/build_demo.py " + " ".join(sys.argv[1:]),
-              "torch": torch.__version__, "threads": torch.get_num_threads()}
-    write_json(out / "build.json", record)
+    weights = dict(foreground_weight=plan["vae_foreground_weight"], temporal_weight=plan["vae_temporal_weight"])
+
+    def vae_frames() -> None:
+        cfg = stage_config(plan, work, "vae_frames", data=str(data_multi), max_foregrounds=3, frames=1,
+                           batch_size=plan["vae_image_batch"], max_steps=plan["vae_image_steps"], lr=plan["vae_lr"])
+        train(VAETask(cfg, width=plan["vae_width"], **weights), cfg)
+
+    def vae_clips() -> None:
+        cfg = stage_config(plan, work, "vae", data=str(data_multi), max_foregrounds=3, batch_size=plan["vae_batch"],
+                           vae=str(work / "vae_frames" / "final" / "vae.safetensors"), max_steps=plan["vae_steps"],
+                           lr=plan["vae_clip_lr"])
+        train(VAETask(cfg, **weights), cfg)
+        shutil.copy(work / "vae" / "final" / "vae.safetensors", parts / "vae.safetensors")
+
+    def stage1() -> None:
+        cfg = stage_config(plan, work, "stage1", data=str(data_multi), max_foregrounds=3,
+                           vae=str(parts / "vae.safetensors"), max_steps=plan["mask_steps"], lr=2e-3,
+                           mask_lora_rank=8, mask_lora_alpha=8, mask_proj_hidden=16, batch_size=plan["vae_batch"])
+        train(MaskVAETask(cfg), cfg)
+        shutil.copy(work / "stage1" / "final" / "mask_vae.safetensors", parts / "mask_vae.safetensors")
+
+    def cache() -> None:
+        for name, folder, most in (("cache_single", data1, 1), ("cache_multi", data_multi, 3)):
+            shutil.rmtree(work / name, ignore_errors=True)
+            build_cache(stage_config(plan, work, name, data=str(folder), max_foregrounds=most, **model_parts),
+                        work / name)
+
+    def stage2() -> None:
+        cfg = stage_config(plan, work, "stage2", data=str(work / "cache_single"), max_foregrounds=1, lora_rank=0,
+                           dit=str(parts / "dit_init.safetensors"), max_steps=plan["stage2_steps"], lr=1e-3,
+                           warmup_steps=100, lambda_mask=plan["lambda_mask"], **model_parts)
+        train(DiTTask(cfg), cfg)
+
+    def stage3() -> None:
+        cfg = stage_config(plan, work, "stage3", data=str(work / "cache_multi"), max_foregrounds=3, lora_rank=0,
+                           dit=str(work / "stage2" / "final" / "dit.safetensors"), max_steps=plan["stage3_steps"],
+                           lr=5e-4, lambda_mask=plan["lambda_mask"], **model_parts)
+        train(MultiForegroundTask(cfg), cfg)
+
+    for name, phase in (("synthetic data", data), ("text encoder and initial DiT", parts_from_nothing),
+                        ("vae frames", vae_frames), ("vae clips", vae_clips), ("stage 1", stage1),
+                        ("cache", cache), ("stage 2", stage2), ("stage 3", stage3)):
+        phases.run(name, phase)
+
+    previous = work / "previous_evaluation.json"  # the replaced model's numbers, shown beside the new ones
+    if not previous.exists() and (out / "evaluation.json").exists():
+        write_json(previous, previous_summary(json.loads((out / "evaluation.json").read_text())))
+    with writing_folder(out) as staging:  # the model folder is replaced whole, never left half written
+        dit = load_dit(work / "stage3" / "final" / "dit.safetensors")
+        save_dit(dit, staging / "dit.safetensors", dtype=torch.float16)  # half the size; loaded in fp32 on CPU
+        save_vae(load_vae(parts / "vae.safetensors"), staging / "vae.safetensors", dtype=torch.float16)
+        for name in ("mask_vae.safetensors", "text_encoder.safetensors"):
+            shutil.copy(parts / name, staging / name)
+        # What generation defaults to with this model (the CLI reads it): its training size and the evaluation's
+        # sampling.
+        write_json(staging / GENERATION_FILE, {"frames": plan["frames"], "height": plan["size"],
+                                               "width": plan["size"], "steps": plan["eval"]["steps"],
+                                               "cfg": SAMPLING["guidance"], "shift": SAMPLING["shift"],
+                                               "solver": SAMPLING["solver"], "fps": plan["fps"]})
+        seconds = phases.record["seconds"]
+        record = {"plan": plan, "seconds": seconds, "total_seconds": round(sum(seconds.values()), 1),
+                  "command": "python train/build_demo.py " + " ".join(sys.argv[1:]),
+                  "torch": torch.__version__, "threads": torch.get_num_threads()}
+        write_json(staging / "build.json", record)
     if evaluate:
         evaluate_and_write_card(out, work / "evaluation", frames=plan["frames"], size=plan["size"], fps=plan["fps"],
+                                previous=json.loads(previous.read_text()) if previous.exists() else None,
                                 **plan["eval"])
+    make_readable(out)
     return record
+
+
+def make_readable(folder: Path) -> None:
+    """Every shipped file readable by everyone (and folders enterable): a model folder is copied between users."""
+    for path in [folder, *folder.rglob("*")]:
+        extra = 0o555 if path.is_dir() else 0o444
+        if path.stat().st_mode & extra != extra:
+            path.chmod(path.stat().st_mode | extra)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", default="models/layert2v-tiny", help="the model folder to write")
-    parser.add_argument("--work", default="runs/demo", help="data, checkpoints and logs of the build")
+    parser.add_argument("--out", help=f"the model folder to write (default {DEFAULT_OUT}; with --quick {QUICK_OUT})")
+    parser.add_argument("--work", help=f"data, checkpoints and logs of the build (default {DEFAULT_WORK}; with "
+                                       f"--quick {QUICK_WORK})")
     parser.add_argument("--quick", action="store_true", help="a smoke run with tiny sizes and a few steps")
+    parser.add_argument("--resume", action="store_true", help="continue the build in --work where it stopped")
     parser.add_argument("--no-eval", action="store_true", help="skip the evaluation and model card")
     args = parser.parse_args(argv)
+    out = Path(args.out or (QUICK_OUT if args.quick else DEFAULT_OUT))
+    work = Path(args.work or (QUICK_WORK if args.quick else DEFAULT_WORK))
     torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
-    record = build(Path(args.out), Path(args.work), QUICK if args.quick else FULL, evaluate=not args.no_eval)
-    print(f"[build_demo] done in {record['total_seconds']} s: {args.out}")
+    record = build(out, work, QUICK if args.quick else FULL, evaluate=not args.no_eval, resume=args.resume)
+    print(f"[build_demo] done: {record['total_seconds']} s of training phases; {out}")
     return 0
 
 

@@ -12,6 +12,7 @@ Sizes and sampling steps default to the folder's generation.json.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import shutil
@@ -26,9 +27,15 @@ import torch.nn.functional as F  # noqa: E402
 
 from layert2v_core.atomic import write_json, write_text  # noqa: E402
 from layert2v_core.cli import main as cli_main  # noqa: E402
-from layert2v_core.evaluation import evaluate_runs, load_scorers, read_sample, runs_from_paths  # noqa: E402
+from layert2v_core.evaluation import evaluate_runs, load_scorers, read_sample  # noqa: E402
+from layert2v_core.evaluation.samples import sample_folders  # noqa: E402
 from layert2v_core.evaluation.report import DIMENSIONS, LAYER_COLUMNS, TITLES, cell  # noqa: E402
 from layert2v_core.export import preview  # noqa: E402
+from layert2v_core.layered_latent import decode_videos, encode_videos  # noqa: E402
+from layert2v_core.layers import LayerSpec  # noqa: E402
+from layert2v_core.mask_vae import load_mask_vae  # noqa: E402
+from layert2v_core.model_folder import find_components  # noqa: E402
+from layert2v_core.vae import load_vae  # noqa: E402
 from layert2v_core.model_folder import generation_settings  # noqa: E402
 from layert2v_core.video_io import write_animated_webp  # noqa: E402
 from train.synthetic import PALETTE, generate_sample, write_sample  # noqa: E402
@@ -38,7 +45,8 @@ from train.synthetic import PALETTE, generate_sample, write_sample  # noqa: E402
 SAMPLING = dict(steps=25, guidance=2.0, shift=3.0, solver="unipc")
 PREVIEWS = 3  # samples of each foreground count shown in the model card
 PREVIEW_FILE, PROMPT_FILE, REPORT_FOLDER = "samples.webp", "heldout_prompts.jsonl", "evaluation"
-MODEL_RUN, TRUTH_RUN = "model", "ground truth"
+MODEL_RUN, TRUTH_RUN, ROUND_TRIP_RUN = "model", "ground truth", "truth through the VAEs"
+PREVIOUS_RUN = "previous demo"
 
 
 def heldout_samples(frames: int, size: int, seeds: int = 24, two_fg_seeds: int = 12) -> list:
@@ -50,6 +58,18 @@ def heldout_samples(frames: int, size: int, seeds: int = 24, two_fg_seeds: int =
 
 def sample_name(index: int, sample) -> str:
     return f"{index:02d}-{sample.num_foregrounds}fg-{sample.seed}"
+
+
+@torch.no_grad()
+def round_trip(vae, mask_vae, sample):
+    """The sample's layers encoded and decoded by the model's own VAE and alpha VAE: the best its DiT could do."""
+    spec = LayerSpec(sample.num_foregrounds)
+    keep = {"full": sample.full, "bg": sample.background}
+    for i, (foreground, alpha) in enumerate(zip(sample.foregrounds, sample.alphas), 1):
+        keep.update({f"fg{i}": foreground, f"mask{i}": alpha})
+    layers = decode_videos(vae, mask_vae, spec, spec.join(encode_videos(vae, mask_vae, spec, keep), dim=2))
+    return dataclasses.replace(sample, full=layers["full"], background=layers["background"],
+                               foregrounds=torch.stack(layers["foregrounds"]), alphas=torch.stack(layers["alphas"]))
 
 
 def write_prompt_file(path: Path, samples: list) -> None:
@@ -66,8 +86,8 @@ def evaluate(folder: Path, work: Path, frames: int, size: int, seeds: int = 24, 
     torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
     samples = heldout_samples(frames, size, seeds, two_fg_seeds)
     write_prompt_file(folder / PROMPT_FILE, samples)
-    generated, truth = work / "samples", work / "truth"
-    for stale in (generated, truth):
+    generated, truth, trip = work / "samples", work / "truth", work / "round_trip"
+    for stale in (generated, truth, trip):
         shutil.rmtree(stale, ignore_errors=True)
     code = cli_main(["generate", "--model", str(folder), "--prompts", str(folder / PROMPT_FILE), "--out",
                      str(generated), "--frames", str(frames), "--height", str(size), "--width", str(size),
@@ -75,11 +95,15 @@ def evaluate(folder: Path, work: Path, frames: int, size: int, seeds: int = 24, 
                      "--solver", SAMPLING["solver"], "--fps", str(fps), "--rgba", "webm", "--quiet"])
     if code:
         raise SystemExit(f"generation of the held-out prompts failed (exit {code})")
+    parts = find_components(str(folder), ("vae", "mask_vae"))
+    vae = load_vae(parts.vae, dtype=torch.float32)
+    mask_vae = load_mask_vae(vae, parts.mask_vae)
     for i, sample in enumerate(samples):
         write_sample(sample, truth / sample_name(i, sample), fps=fps)
+        write_sample(round_trip(vae, mask_vae, sample), trip / sample_name(i, sample), fps=fps)
     scorers = load_scorers(dino=None, clip=None)  # the synthetic world has no DINO/CLIP of its own
-    report = evaluate_runs({MODEL_RUN: runs_from_paths([str(generated)])["samples"],
-                            TRUTH_RUN: runs_from_paths([str(truth)])["truth"]}, work / "report", scorers, quiet=True)
+    report = evaluate_runs({MODEL_RUN: sample_folders(generated), TRUTH_RUN: sample_folders(truth),
+                            ROUND_TRIP_RUN: sample_folders(trip)}, work / "report", scorers, quiet=True)
     report["sampling"] = {**SAMPLING, "steps": steps}
     report.update(frames=frames, size=size, prompts_1=seeds, prompts_2=two_fg_seeds, prompt_file=PROMPT_FILE)
     return report
@@ -132,7 +156,7 @@ def model_card(report: dict, build: dict | None, previews: list[str], sheets: li
         "# layert2v-tiny — the embedded demo model",
         "",
         "A LayerT2V model small enough to run on a laptop CPU, trained from nothing by this repository's own code",
-        "on synthetic layered videos (soft-edged coloured shapes moving over textured, moving backgrounds). It shows",
+        "on synthetic layered videos (crisp coloured shapes moving over textured, moving backgrounds). It shows",
         "what the product does — full video, background, foregrounds and alpha mattes from one sampling pass — and it",
         "is the default model of the CLI and the ComfyUI nodes. It knows only the synthetic world: colours " +
         ", ".join(PALETTE) + "; shapes, backgrounds and motions of `train/synthetic.py`.",
@@ -162,7 +186,8 @@ def model_card(report: dict, build: dict | None, previews: list[str], sheets: li
             f"- VAE (Wan2.1 architecture, from scratch): width {plan['vae_width']}; {plan['vae_image_steps']} steps "
             f"on batches of {plan['vae_image_batch']} single frames at lr {plan['vae_lr']}, then "
             f"{plan['vae_steps']} on batches of {plan['vae_batch']} {plan['frames']}-frame clips at lr "
-            f"{plan['vae_clip_lr']}; L1 with foreground pixels weighted 1 + {plan['vae_foreground_weight']}·alpha. "
+            f"{plan['vae_clip_lr']}; L1 with foreground pixels weighted 1 + {plan['vae_foreground_weight']}·alpha, "
+            f"plus {plan.get('vae_temporal_weight', 0)} x the same L1 on frame-to-frame differences (clips). "
             f"Stage 1 (alpha VAE): {plan['mask_steps']} steps",
             f"- DiT: {plan['dit']}, text dim {plan['text_dim']}; stage 2 (full weights, single foreground): "
             f"{plan['stage2_steps']} steps; stage 3 (up to 3 foregrounds): {plan['stage3_steps']} steps; "
@@ -172,34 +197,39 @@ def model_card(report: dict, build: dict | None, previews: list[str], sheets: li
         ]
     s = report["sampling"]
     layer = model["layers"]
+    runs = card_runs(report)
     lines += [
         "## Evaluation (held-out synthetic prompts)",
         "",
         f"{report['prompts_1']} single-foreground and {report['prompts_2']} two-foreground prompts of "
         f"`{PROMPT_FILE}`, one seed each; {s['steps']} {s['solver']} steps, guidance {s['guidance']}, shift "
-        f"{s['shift']}; {report['size']}x{report['size']}, {report['frames']} frames. Ground truth = the same "
-        "metrics on the synthetic layers of those prompts, written with the same codec. Scored by "
+        f"{s['shift']}; {report['size']}x{report['size']}, {report['frames']} frames. Scored by "
         "`layert2v_core.evaluation` (VBench's definitions; the synthetic world has no DINO or CLIP of its own, so "
-        "subject consistency, aesthetic quality and text alignment are not computed here). Regenerate with "
-        "`python train/evaluate_demo.py models/layert2v-tiny`.",
+        "subject consistency, aesthetic quality and text alignment are not computed here). Columns: this model; "
+        f"the {PREVIOUS_RUN} model (where known), scored the same way on its own held-out file; the ground-truth "
+        "layers of these prompts, written with the same codec (so the truth column is also the accuracy of the "
+        "shape and texture classifiers); and that truth passed through this model's VAE and alpha VAE, the best its "
+        "DiT could reach. Regenerate with `python train/evaluate_demo.py models/layert2v-tiny`.",
         "",
-        f"In words: foregrounds are present (opaque area at least half their median) in {layer['fg_presence']:.0%} "
-        f"of frames on average, and {layer['fg_present_95']:.0%} of foregrounds are present in at least 95% of "
-        f"their frames (truth: {truth['layers']['fg_present_95']:.0%}); {layer['trajectory_steady']:.0%} move "
-        f"steadily (largest centroid step at most 2.5x the median) and {_pct(layer['direction_agreement'])} move "
-        "the prompted way.",
+        f"In words: {layer['fg_present_95']:.0%} of foregrounds are present (opaque area at least half their "
+        f"median) in at least 95% of their frames (truth: {truth['layers']['fg_present_95']:.0%}); "
+        f"{layer['trajectory_steady']:.0%} move steadily (largest centroid step at most 2.5x the median) and "
+        f"{_pct(layer['direction_agreement'])} move the prompted way; the prompted shape is recognised in "
+        f"{_pct(layer.get('world_shape_match'))} and the background's texture in "
+        f"{_pct(layer.get('world_bg_texture_match'))}.",
         "",
         "| run | " + " | ".join(f"{TITLES[d]} {x}" for d in DIMENSIONS if d in model["vbench"]
                                for x in ("FG", "BG", "BL")) + " |",
         "|" + " --- |" * (1 + 3 * len(model["vbench"])),
     ]
-    for run, table in ((MODEL_RUN, model), (TRUTH_RUN, truth)):
+    for run, table in runs.items():
         lines.append(f"| {run} | " + " | ".join(cell(table["vbench"].get(d, {}).get(x)) for d in DIMENSIONS
                                               if d in model["vbench"] for x in ("FG", "BG", "BL")) + " |")
-    lines += ["", "| metric | model | ground truth |", "| --- | --- | --- |"]
+    lines += ["", "| metric | " + " | ".join(runs) + " |", "|" + " --- |" * (1 + len(runs))]
     for key, title in LAYER_COLUMNS:
-        if layer.get(key) is not None or truth["layers"].get(key) is not None:
-            lines.append(f"| {title} | {cell(layer.get(key))} | {cell(truth['layers'].get(key))} |")
+        values = [table["layers"].get(key) for table in runs.values()]
+        if any(v is not None for v in values):
+            lines.append(f"| {title} | " + " | ".join(cell(v) for v in values) + " |")
     lines += ["", "Definitions: `layert2v_core/evaluation/layer_metrics.py`. Every number per sample: "
               "`evaluation.json`.", ""]
     if previews:
@@ -218,14 +248,40 @@ def model_card(report: dict, build: dict | None, previews: list[str], sheets: li
     return "\n".join(lines) + "\n"
 
 
+def previous_summary(report: dict) -> dict:
+    """What the card shows of a replaced model, from its evaluation.json."""
+    return {"aggregate": report["runs"][MODEL_RUN]["aggregate"], "size": report["size"], "frames": report["frames"],
+            "sampling": report["sampling"]}
+
+
+def card_runs(report: dict) -> dict[str, dict]:
+    """Aggregates shown in the card, by column: model, previous demo (if recorded), truth, truth through the VAEs."""
+    runs = {MODEL_RUN: report["runs"][MODEL_RUN]["aggregate"]}
+    if report.get("previous"):
+        runs[f"{PREVIOUS_RUN} ({report['previous']['size']}x{report['previous']['size']}, "
+             f"{report['previous']['frames']} frames)"] = report["previous"]["aggregate"]
+    for run in (TRUTH_RUN, ROUND_TRIP_RUN):
+        if run in report["runs"]:
+            runs[run] = report["runs"][run]["aggregate"]
+    return runs
+
+
 def _pct(value) -> str:
     return "—" if value is None else f"{value:.0%}"
 
 
-def evaluate_and_write_card(folder: Path, work: Path, frames: int, size: int, fps: float = 8.0, **counts) -> dict:
-    """Evaluate (counts: seeds, two_fg_seeds, steps); write evaluation.json, previews, contact sheets and README.md."""
+def evaluate_and_write_card(folder: Path, work: Path, frames: int, size: int, fps: float = 8.0,
+                            previous: dict | None = None, **counts) -> dict:
+    """Evaluate (counts: seeds, two_fg_seeds, steps); write evaluation.json, previews, contact sheets and README.md.
+
+    previous: the evaluation.json of the model this one replaces, shown beside it (default: the one the folder's
+    own evaluation.json carries)."""
     folder, work = Path(folder), Path(work)
+    if previous is None and (folder / "evaluation.json").exists():
+        previous = json.loads((folder / "evaluation.json").read_text()).get("previous")
     report = evaluate(folder, work, frames, size, fps=fps, **counts)
+    if previous:
+        report["previous"] = {key: previous[key] for key in ("aggregate", "size", "frames", "sampling")}
     write_json(folder / "evaluation.json", report)
     previews = write_previews(folder, report, work / "samples", fps)
     sheets = copy_sheets(folder, work, report)

@@ -68,12 +68,15 @@ class VAETask:
     name = "vae: video autoencoder"
 
     def __init__(self, cfg: TrainConfig, device: torch.device | str = "cpu", width: int = 16,
-                 kl_weight: float = 1e-4, foreground_weight: float = 0.0):
+                 kl_weight: float = 1e-4, foreground_weight: float = 0.0, temporal_weight: float = 0.0):
         """`cfg.vae` (optional) continues from a VAE file instead of starting from scratch. `foreground_weight` w
         weighs the L1 of pixels under any foreground's alpha by 1 + w·alpha: small shapes are a few percent of the
         pixels, and with plain L1 the VAE learns the backgrounds long before it keeps any shape (measured: none
-        visible after 1500 steps; blobs in place after 300 with w = 20)."""
+        visible after 1500 steps; blobs in place after 300 with w = 20). `temporal_weight` adds the same weighted L1
+        on frame-to-frame differences: per-frame L1 barely charges a decoder that repeats a frame through a 4-frame
+        latent group (the shape a pixel or two behind), while the differences of a repeated frame are all wrong."""
         self.cfg, self.kl_weight, self.foreground_weight = cfg, kl_weight, foreground_weight
+        self.temporal_weight = temporal_weight
         if cfg.vae:
             self.module = load_vae(cfg.vae, dtype=torch.float32, device=device).requires_grad_(True)
         else:
@@ -109,7 +112,13 @@ class VAETask:
         weight = 1 + self.foreground_weight * batch["alphas"].amax(1).to(device)  # [B, 1, T, H, W]
         weighted = (error * weight).mean() / weight.mean()
         kl = 0.5 * (mu.pow(2) + log_var.exp() - 1 - log_var).mean()
-        return weighted + self.kl_weight * kl, {"l1": error.mean().item(), "kl": kl.item()}
+        loss, logs = weighted + self.kl_weight * kl, {"l1": error.mean().item(), "kl": kl.item()}
+        if self.temporal_weight and video.shape[2] > 1:
+            motion_error = (recon.diff(dim=2) - video.diff(dim=2)).abs()
+            motion_weight = torch.maximum(weight[:, :, 1:], weight[:, :, :-1])  # where the shape is or was
+            temporal = (motion_error * motion_weight).mean() / motion_weight.mean()
+            loss, logs["temporal"] = loss + self.temporal_weight * temporal, temporal.item()
+        return loss, logs
 
     @torch.no_grad()
     def latent_stats(self, samples: int = 32) -> tuple[tuple[float, ...], tuple[float, ...]]:

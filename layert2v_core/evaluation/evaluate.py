@@ -18,7 +18,7 @@ from .interpolation import DEFAULT_INTERPOLATOR, get_interpolator
 from .layer_metrics import clip_layer_metrics
 from .report import DIMENSIONS, contact_sheet, write_png, write_report
 from .samples import LayeredClip, read_sample, sample_folders
-from .synthetic_world import foreground_world_metrics
+from .synthetic_world import background_world_metrics, foreground_world_metrics
 from .viclip import ViClipFeatures
 
 STEADY_RATIO, PRESENT = 2.5, 0.95
@@ -129,6 +129,9 @@ def evaluate_clip(clip: LayeredClip, scorers: Scorers) -> dict:
         world = foreground_world_metrics(clip.background, foreground, alpha, caption)
         if world is not None:
             row["synthetic_world"] = world
+    world = background_world_metrics(clip.background, clip.prompts.get("background", ""))
+    if world is not None:
+        layers["synthetic_world_background"] = world
     return {"source": clip.source, "num_foregrounds": clip.num_foregrounds, "prompts": clip.prompts,
             "frames": int(clip.full.shape[1]), "size": list(clip.full.shape[-2:]),
             "vbench": vbench_scores(clip, scorers), "layers": layers}
@@ -171,6 +174,9 @@ def aggregate(rows: list[dict]) -> dict:
     world = [f["synthetic_world"] for f in fgs if "synthetic_world" in f]
     if world:
         layers.update({f"world_{key}": _mean(float(w[key]) for w in world) for key in world[0]})
+    world = [r["layers"]["synthetic_world_background"] for r in good if "synthetic_world_background" in r["layers"]]
+    if world:
+        layers.update({f"world_bg_{key}": _mean(float(w[key]) for w in world) for key in world[0]})
     return {"samples": len(rows), "failed": len(rows) - len(good), "vbench": vbench_table, "layers": layers}
 
 

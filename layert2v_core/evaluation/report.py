@@ -29,8 +29,10 @@ LAYER_COLUMNS = (
     ("consistency_in_alpha", "consistency error in alpha"), ("background_leak", "bg leak"),
     ("fg_in_full", "FG shown in full"), ("multi_all_present", "multi-FG: all present in layer and full"),
     ("separation_iou", "multi-FG: worst IoU"), ("world_colour_match", "synthetic: colour matches"),
-    ("world_one_region", "synthetic: one region"),
+    ("world_shape_match", "synthetic: shape recognised"), ("world_one_region", "synthetic: one region"),
     ("world_background_free_of_colour", "synthetic: bg free of fg colour"),
+    ("world_bg_texture_match", "synthetic: bg texture recognised"),
+    ("world_bg_colour_match", "synthetic: bg colours match"),
 )
 
 
