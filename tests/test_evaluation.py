@@ -104,6 +104,40 @@ def test_trajectory_ratio_sees_a_foreground_that_stands_still_and_jumps():
     assert not layer_metrics.direction_agrees(barely, "right", 32)  # 1 px of 32: not "moves right"
 
 
+def test_shape_classifier_knows_the_synthetic_shapes_and_reads_a_blob_as_a_circle():
+    from layert2v_core.evaluation import synthetic_world
+    from train.synthetic import generate_sample
+
+    for seed in range(6):  # every shape of several ground-truth samples, at the demo's size
+        sample = generate_sample(300 + seed, frames=5, height=64, width=64, num_foregrounds=2)
+        for alpha, layer in zip(sample.alphas, sample.layers):
+            assert synthetic_world.classify_shape(alpha) == layer.shape
+    star = generate_sample(4, frames=3, height=64, width=64, num_foregrounds=1)
+    while star.layers[0].shape != "star":
+        star = generate_sample(star.seed + 1, frames=3, height=64, width=64, num_foregrounds=1)
+    blurred = torch.nn.functional.avg_pool2d(star.alphas[0][0], 7, stride=1, padding=3)[None]  # a soft round blob
+    assert synthetic_world.classify_shape(blurred) == "circle"
+    assert synthetic_world.classify_shape(torch.zeros(1, 3, 64, 64)) is None
+
+
+def test_texture_classifier_knows_the_backgrounds_and_not_their_flattened_copies():
+    from layert2v_core.evaluation import synthetic_world
+    from train.synthetic import generate_sample
+
+    hits = flattened_stripes = 0
+    for seed in range(12):
+        sample = generate_sample(500 + seed, frames=3, height=64, width=64, num_foregrounds=1)
+        hits += synthetic_world.classify_texture(sample.background) == sample.background_name
+        if sample.background_name == "blue striped":  # smeared flat, the stripes are gone: no longer "striped"
+            flat = sample.background.mean(dim=(2, 3), keepdim=True).expand_as(sample.background)
+            noisy = (flat + 0.03 * torch.randn(flat.shape, generator=torch.Generator().manual_seed(seed))).clamp(0, 1)
+            flattened_stripes += synthetic_world.classify_texture(noisy) != "blue striped"
+            assert synthetic_world.background_colour(noisy) == "blue striped"  # its colours alone still fit
+    assert hits == 12 and flattened_stripes >= 1
+    assert synthetic_world.parse_background("a red star moves up over a blue striped background") == "blue striped"
+    assert synthetic_world.background_world_metrics(torch.rand(3, 2, 64, 64), "a sunny beach") is None
+
+
 def test_prompted_direction_per_foreground():
     full = "a red circle moves left and a cyan star moves up over a blue striped background"
     assert layer_metrics.prompted_direction(full, "a red circle") == "left"
@@ -301,6 +335,7 @@ def test_evaluate_command_scores_generated_and_vidlayer_runs(tmp_path):
 
 def test_evaluate_generates_a_prompt_file_with_the_demo_model(tmp_path):
     from layert2v_core.cli import main
+    from layert2v_core.model_folder import demo_model_folder, generation_settings
 
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text(json.dumps({"prompt": "a red star moves right over a blue striped background",
@@ -311,5 +346,6 @@ def test_evaluate_generates_a_prompt_file_with_the_demo_model(tmp_path):
                  "--no-sheets", "--quiet"]) == 0
     report = json.loads((out / "metrics.json").read_text())
     row = report["runs"]["layert2v-tiny"]["samples"]["red-star"]
-    assert row["prompts"]["foregrounds"] == ["a red star"] and row["frames"] == 9
+    demo = generation_settings(demo_model_folder())  # the size the demo model was made for
+    assert row["prompts"]["foregrounds"] == ["a red star"] and row["frames"] == demo["frames"]
     assert (out / "samples" / "layert2v-tiny" / "red-star" / "manifest.json").is_file()

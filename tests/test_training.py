@@ -13,7 +13,7 @@ from train.config import parse_config
 from train.dit_task import DiTTask, MultiForegroundTask
 from train.loop import train
 from train.mask_vae_task import MaskVAETask
-from layert2v_core.vae import stream_decode
+from layert2v_core.vae import Resample, stream_decode
 from train.vae_task import VAETask
 from training_world import write_world
 
@@ -70,8 +70,9 @@ def test_vae_from_scratch_starts_with_a_code_that_depends_on_the_input(world, tm
 
 def test_vae_from_scratch_passes_frames_through_on_their_own(world, tmp_path):
     """Single-frame training reaches only the current-frame slice of each causal kernel; at init the other slices
-    and the temporal resamplers must not mix frames, so a clip decodes each latent frame like a picture: a still clip
-    gives still latent frames and 9 equal decoded frames, each equal to the picture's own reconstruction."""
+    and the temporal down-samplers must not mix frames and the up-samplers only blend neighbours, so a still clip
+    gives still latent frames and decoded frames equal to the picture's own reconstruction: frame 0 and every frame
+    from the second latent group on (the first group's up-samplers blend with Wan's zero padding)."""
     cfg = config(world, tmp_path / "vae", "--data", str(world / "multi"), "--max-foregrounds", "2")
     vae = VAETask(cfg, width=8).module
     picture = torch.rand(1, 3, 1, 32, 32) * 2 - 1
@@ -82,7 +83,21 @@ def test_vae_from_scratch_passes_frames_through_on_their_own(world, tmp_path):
         alone = stream_decode(vae.decoder, vae.conv2, mu_picture)
     assert mu_clip.shape[2] == 3
     assert (mu_clip - mu_picture).abs().max() < 1e-5
-    assert (clip - alone).abs().max() < 1e-4, (clip - alone).abs().amax(dim=(0, 1, 3, 4))
+    steady = clip[:, :, [0, *range(4, 9)]] - alone
+    assert steady.abs().max() < 1e-4, steady.abs().amax(dim=(0, 1, 3, 4))
+
+
+def test_vae_up_samplers_start_with_halfway_frames(world, tmp_path):
+    """Up-samplers that repeat their input decode a 4-frame latent group as one still frame (motion in jumps); at
+    init each emits the frame halfway from the previous input frame, then the input frame itself."""
+    cfg = config(world, tmp_path / "vae", "--data", str(world / "multi"), "--max-foregrounds", "2")
+    vae = VAETask(cfg, width=8).module
+    up = next(m for m in vae.decoder.modules() if isinstance(m, Resample) and m.mode == "upsample3d")
+    x = torch.randn(1, up.time_conv.weight.shape[1], 3, 4, 4)
+    with torch.no_grad():
+        halfway, current = up.time_conv(x).chunk(2, dim=1)
+    previous = torch.cat([torch.zeros_like(x[:, :, :1]), x[:, :, :-1]], dim=2)  # causal zero padding
+    assert torch.allclose(current, x, atol=1e-6) and torch.allclose(halfway, (previous + x) / 2, atol=1e-6)
 
 
 def test_vae_loss_weighs_foreground_pixels(world, tmp_path):

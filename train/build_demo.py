@@ -55,13 +55,15 @@ from train.vae_task import VAETask  # noqa: E402
 # The DiT stages leave out the alpha-decoder loss (lambda_mask 0): decoding every predicted mask through the alpha VAE
 # is ~90% of a step of this small model; the quick plan keeps it on so the tests still run it.
 FULL = dict(frames=17, size=64, single=600, multi=400, text_dim=64, vae_width=8, vae_foreground_weight=20.0,
-            vae_temporal_weight=1.0, vae_image_steps=800, vae_image_batch=16, vae_steps=1000, vae_batch=2,
-            vae_lr=2e-3, vae_clip_lr=3e-4, mask_steps=200, stage2_steps=5000, stage3_steps=2000, lambda_mask=0.0,
-            batch=8, dit=dict(dim=128, ffn_dim=512, num_heads=1, num_layers=4),
+            vae_temporal_weight=2.0, vae_image_steps=800, vae_image_batch=16, vae_steps=1000, vae_batch=2,
+            vae_lr=2e-3, vae_clip_lr=3e-4, mask_steps=200,
+            stage2_steps=5000, stage3_steps=2000, lambda_mask=0.0, batch=8,
+            dit=dict(dim=128, ffn_dim=512, num_heads=1, num_layers=4),
             eval=dict(seeds=24, two_fg_seeds=12, steps=25), fps=8.0)
 QUICK = dict(frames=5, size=32, single=8, multi=6, text_dim=32, vae_width=8, vae_foreground_weight=20.0,
              vae_temporal_weight=1.0, vae_image_steps=3, vae_image_batch=4, vae_steps=3, vae_batch=2, vae_lr=2e-3,
-             vae_clip_lr=3e-4, mask_steps=3, stage2_steps=3, stage3_steps=3, lambda_mask=0.1, batch=2,
+             vae_clip_lr=3e-4, mask_steps=3, stage2_steps=3,
+             stage3_steps=3, lambda_mask=0.1, batch=2,
              dit=dict(dim=128, ffn_dim=128, num_heads=1, num_layers=2),
              eval=dict(seeds=2, two_fg_seeds=1, steps=3), fps=8.0)
 DEFAULT_OUT, DEFAULT_WORK = "models/layert2v-tiny", "runs/demo"
