@@ -41,6 +41,7 @@ def test_quick_build_makes_a_usable_model_folder(tmp_path):
     assert len(list((out / "evaluation").glob("*.png"))) == 6  # 2 + 1 previewed samples, model and truth
     card = (out / "README.md").read_text()
     assert "consistency error in alpha" in card and "![held-out samples](samples.webp)" in card
+    assert "| truth through the VAEs |" in card and "synthetic: shape recognised" in card
     # The folder is a model the CLI runs, with three foregrounds (stage 3 grew the LayerAdaLN table).
     code = cli_main(["generate", "--model", str(out), "--prompt", "a red star over a blue striped background",
                      "--foreground", "a red star", "--foreground", "a cyan circle", "--foreground", "a white square",

@@ -44,20 +44,23 @@ from train.vae_task import VAETask  # noqa: E402
 # 64x64, 17 frames: 5 latent frames per layer, so the VAE's temporal decoding and the DiT's temporal attention are
 # really exercised. The VAE learns shapes and textures on single frames first (a batch of 16 frames costs about what
 # 2 clips do and is far more varied), then its temporal layers on clips as long as the DiT's, starting frame by frame
-# (vae_task.start_frame_by_frame) at a low lr: at 1e-3 its batches of two clips undid part of the single-frame phase,
-# at 3e-4 they did not. Its L1 weighs foreground pixels 1 + 20·alpha and, on clips, also frame-to-frame differences:
-# the previous build (300 clip steps, no temporal term) decoded each 4-frame latent group as one repeated frame, so a
-# ground-truth clip passed through it moved in 4-pixel jumps (largest/median centroid step 3.3 on average, against
-# 1.1 in the truth) while the same clips kept 100% presence - the 4-frame steps of the demo came from the VAE.
+# with halfway-frame up-samplers (vae_task.start_frame_by_frame) at a low lr: at 1e-3 its batches of two clips undid
+# part of the single-frame phase, at 3e-4 they did not. Its L1 weighs foreground pixels 1 + 20·alpha and, on clips,
+# also frame-to-frame differences. The cause of the previous demo's 4-frame jumps, measured on ground-truth clips
+# passed through its VAE (largest/median centroid step of a premultiplied foreground; truth 1.05): its up-samplers
+# repeated frames and 300 clip steps had not undone it, 9.5; here, after the image phase with repeating up-samplers,
+# 10.4, and after 750 clip steps 3.7. With halfway frames: 4.0 before any clip step (only the first latent group
+# still), 2.2 after 500.
 # The DiT has one 128-wide head (dim 128), as every Wan2.1 model has 128-wide heads: at dim 256 with two heads a
-# step costs 2.5-3.5x as much (0.24 -> 0.6 s single-foreground, 0.5 -> 1.6 s three-foreground, batch 8), and in the
-# previous build's measurement the wider model ended 4.5 minutes of stage 2 at a higher loss (0.542 against 0.508).
+# step costs 2.5-3.5x as much (0.24 -> 0.6 s single-foreground, 0.5 -> 1.6 s three-foreground, batch 8), and on the
+# previous build's data (48x48, 9 frames) the wider model ended 4.5 minutes of stage 2 at a higher loss (0.542
+# against 0.508).
 # The DiT stages leave out the alpha-decoder loss (lambda_mask 0): decoding every predicted mask through the alpha VAE
 # is ~90% of a step of this small model; the quick plan keeps it on so the tests still run it.
 FULL = dict(frames=17, size=64, single=600, multi=400, text_dim=64, vae_width=8, vae_foreground_weight=20.0,
             vae_temporal_weight=2.0, vae_image_steps=800, vae_image_batch=16, vae_steps=1000, vae_batch=2,
             vae_lr=2e-3, vae_clip_lr=3e-4, mask_steps=200,
-            stage2_steps=5000, stage3_steps=2000, lambda_mask=0.0, batch=8,
+            stage2_steps=4500, stage3_steps=1500, lambda_mask=0.0, batch=8,
             dit=dict(dim=128, ffn_dim=512, num_heads=1, num_layers=4),
             eval=dict(seeds=24, two_fg_seeds=12, steps=25), fps=8.0)
 QUICK = dict(frames=5, size=32, single=8, multi=6, text_dim=32, vae_width=8, vae_foreground_weight=20.0,

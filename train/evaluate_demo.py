@@ -240,10 +240,18 @@ def model_card(report: dict, build: dict | None, previews: list[str], sheets: li
         lines += ["Contact sheets (rows = layers, columns = frames), model and ground truth of the same prompt:", "",
                   *[f"- [{prompt}]({path})" for prompt, path in sheets], ""]
     lines += [
-        "## Limits",
+        "## What it can and cannot do",
         "",
-        "Tiny and synthetic: it has never seen natural video, and its text encoder knows only the synthetic",
-        "vocabulary. Use it to try the workflow, the CLI and the nodes; use Wan2.1 + a LayerT2V adapter for real work.",
+        f"It can: make {report['size']}x{report['size']}, {report['frames']}-frame layered clips (full video, clean "
+        "background, one to three foregrounds with alpha) of prompts written in its synthetic vocabulary, in seconds "
+        "on a CPU; on held-out prompts (combinations it never saw) the numbers above say how often the foreground "
+        "stays present, moves the prompted way and keeps the prompted shape, and how often the background shows the "
+        "prompted texture. Prompts combining two foregrounds work; three are accepted but not evaluated.",
+        "",
+        "It cannot: show anything outside that world (its text encoder knows only the synthetic words, and it has "
+        "never seen natural video), follow a motion other than left, right, up or down, or give a quality worth "
+        "judging at other sizes and lengths than the ones above (they run, untrained). Use it to try the workflow, "
+        "the CLI and the nodes; use Wan2.1 + a LayerT2V adapter for real work.",
     ]
     return "\n".join(lines) + "\n"
 

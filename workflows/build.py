@@ -3,7 +3,7 @@
     python workflows/build.py          # rewrite workflows/api, workflows/ui and example_workflows/
 
 Each graph exists for the built-in demo model (workflows/{api,ui}/*.json: runs on a fresh ComfyUI with no
-downloads, 48x48 synthetic shapes) and for Wan2.1 T2V 1.3B + a LayerT2V adapter (workflows/{api,ui}/wan21/*.json).
+downloads, 64x64 synthetic shapes) and for Wan2.1 T2V 1.3B + a LayerT2V adapter (workflows/{api,ui}/wan21/*.json).
 API format is what POST /prompt takes; UI format is what the editor loads by drag and drop. example_workflows/
 (ComfyUI's template browser folder) holds copies of the built-in demo's UI files: real files rather than symlinks,
 which Windows checkouts turn into plain text; tests/test_workflows.py fails if any copy differs from what this script
@@ -269,8 +269,8 @@ TEMPLATE_TITLES = {
     "layert2v_background_replacement": "LayerT2V background replacement",
     "layert2v_new_background_kept_foreground": "LayerT2V new background behind a kept foreground",
 }
-# On ComfyUI's own Wan stack: Wan2.1 files only until the demo model has 128-wide heads (ComfyUI reads heads as
-# dim / 128).
+# On ComfyUI's own Wan stack: Wan2.1 files only. ComfyUI builds every Wan2.1 part at Wan's widths (VAE 96, umt5-xxl,
+# time embedding 256; only the heads come from the file, as dim / 128), and the demo's parts are tiny.
 NATIVE_WORKFLOWS = {
     "layert2v_native_text_to_layers": native_text_to_layers,
     "layert2v_native_two_foregrounds": native_two_foregrounds,
