@@ -197,7 +197,8 @@ def test_comfy_graph_runs_with_official_mask_modes(alpha, comfy_folders):
     decoded = next(results[k] for k, n in graph.items() if n["class_type"] == "LayerT2VDecodeLayers")
     assert vae.mask_vae.mask_mode == ("vae" if alpha.startswith("none") else "downsample-project")
     mask = decoded[3]
-    assert mask.shape == (9, 48, 48) and 0 <= mask.min() <= mask.max() <= 1
+    width, height, frames = DEMO.size  # the demo model's own size (its generation.json)
+    assert mask.shape == (frames, height, width) and 0 <= mask.min() <= mask.max() <= 1
 
 
 def _projection_state(channels=16, hidden=8, seed=5):

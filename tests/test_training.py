@@ -43,7 +43,7 @@ def first_batch(task):
 
 
 def test_stage1_lowers_the_matte_loss(world, tmp_path):
-    cfg = config(world, tmp_path / "s1", "--data", str(world / "single"), "--max-steps", "20", "--lr", "1e-2")
+    cfg = config(world, tmp_path / "s1", "--data", str(world / "single"), "--max-steps", "30", "--lr", "1e-2")
     task = MaskVAETask(cfg)
     batch = first_batch(task)
     before = fixed_loss(task, batch)
