@@ -123,6 +123,30 @@ def test_vae_loss_weighs_foreground_pixels(world, tmp_path):
     assert losses[20.0] != losses[0.0]
 
 
+def test_vae_temporal_term_charges_wrong_frame_differences(world, tmp_path, monkeypatch):
+    """temporal_weight w adds w x the foreground-weighted L1 of frame-to-frame differences: zero for a decoder that
+    reproduces the clip, large for one that repeats a frame."""
+    cfg = config(world, tmp_path / "vae", "--data", str(world / "multi"), "--max-foregrounds", "2")
+    task = VAETask(cfg, width=8, foreground_weight=20.0, temporal_weight=2.0)
+    batch = task.collate([task.dataset[0]])
+    task.videos = lambda batch, generator=None: batch["full"]
+    task.module.conv1.bias.data[16:] = -30.0  # no sampling noise
+    with torch.no_grad():
+        mu, _ = task.module.encode_moments(batch["full"])
+        recon = stream_decode(task.module.decoder, task.module.conv2, mu)
+        loss, parts = task.loss(task.module, batch, torch.Generator().manual_seed(0))
+    weight = 1 + 20.0 * batch["alphas"].amax(1)
+    pair = torch.maximum(weight[:, :, 1:], weight[:, :, :-1])
+    expected = ((recon.diff(dim=2) - batch["full"].diff(dim=2)).abs() * pair).mean() / pair.mean()
+    assert abs(parts["temporal"] - expected.item()) < 1e-5
+    import train.vae_task
+    for decoded, check in ((lambda video: video, lambda t: t < 1e-7),  # a perfect decoder: nothing to charge
+                           (lambda video: video[:, :, :1].expand_as(video), lambda t: t > 0.01)):  # a still frame
+        monkeypatch.setattr(train.vae_task, "stream_decode", lambda decoder, conv, z, f=decoded: f(batch["full"]))
+        with torch.no_grad():
+            assert check(task.loss(task.module, batch, torch.Generator().manual_seed(0))[1]["temporal"])
+
+
 def test_no_alpha_decoder_work_without_the_mask_loss(world, tmp_path):
     cfg = config(world, tmp_path / "nomask", "--data", str(world / "single"), "--lambda-mask", "0")
     task = DiTTask(cfg)
