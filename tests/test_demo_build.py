@@ -63,6 +63,17 @@ def test_a_build_refuses_to_start_over_an_earlier_one_and_resumes_it(tmp_path, m
     phases.run("synthetic data", lambda: ran.append(2))  # recorded as done: not run again
     assert ran == [1]
     assert build_demo.Phases(work, QUICK, resume=True).done("synthetic data")
+
+    def cut_short():
+        raise KeyboardInterrupt
+    with pytest.raises(KeyboardInterrupt):
+        phases.run("stage 2", cut_short)
+    resumed = build_demo.Phases(work, QUICK, resume=True)
+    assert not resumed.done("stage 2") and "stage 2" in resumed.record["interrupted_seconds"]
+    resumed.record["interrupted_seconds"]["stage 2"] = 100.0  # as if the cut-short sitting had run 100 s
+    resumed.run("stage 2", lambda: None)
+    assert 100.0 <= resumed.record["seconds"]["stage 2"] < 101.0  # both sittings count
+    assert "stage 2" not in resumed.record["interrupted_seconds"]
     with pytest.raises(SystemExit, match="another plan"):
         build_demo.Phases(work, {**QUICK, "size": 48}, resume=True)
 

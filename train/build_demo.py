@@ -90,7 +90,8 @@ def stage_config(plan: dict, work: Path, name: str, **options) -> "TrainConfig":
 
 class Phases:
     """The build's phases, each run once: a finished phase is recorded in work/build_progress.json with its
-    seconds and skipped when the build is resumed; an unfinished training phase resumes from its checkpoint."""
+    seconds (over every sitting it took) and skipped when the build is resumed; an unfinished training phase
+    resumes from its checkpoint."""
 
     def __init__(self, work: Path, plan: dict, resume: bool):
         self.path = work / PROGRESS
@@ -107,9 +108,15 @@ class Phases:
         if self.done(name):
             print(f"[build_demo] {name}: done before ({self.record['seconds'][name]} s)", flush=True)
             return
-        started = time.perf_counter()
-        work()
-        self.record["seconds"][name] = round(time.perf_counter() - started, 1)
+        started, earlier = time.perf_counter(), self.record.setdefault("interrupted_seconds", {}).get(name, 0.0)
+        try:
+            work()
+        except BaseException:  # Ctrl-C or a failure: the time spent so far counts when the phase is resumed
+            self.record["interrupted_seconds"][name] = round(earlier + time.perf_counter() - started, 1)
+            write_json(self.path, self.record)
+            raise
+        self.record["seconds"][name] = round(earlier + time.perf_counter() - started, 1)
+        self.record["interrupted_seconds"].pop(name, None)
         write_json(self.path, self.record)
         print(f"[build_demo] {name}: {self.record['seconds'][name]} s", flush=True)
 
