@@ -33,7 +33,7 @@ from layert2v_core.evaluation.report import DIMENSIONS, LAYER_COLUMNS, TITLES, c
 from layert2v_core.export import preview  # noqa: E402
 from layert2v_core.layered_latent import decode_videos, encode_videos  # noqa: E402
 from layert2v_core.layers import LayerSpec  # noqa: E402
-from layert2v_core.mask_vae import load_mask_vae  # noqa: E402
+from layert2v_core.mask_modes import choose_mask_mode, load_mask_mode  # noqa: E402
 from layert2v_core.model_folder import find_components  # noqa: E402
 from layert2v_core.vae import load_vae  # noqa: E402
 from layert2v_core.model_folder import generation_settings  # noqa: E402
@@ -97,7 +97,7 @@ def evaluate(folder: Path, work: Path, frames: int, size: int, seeds: int = 24, 
         raise SystemExit(f"generation of the held-out prompts failed (exit {code})")
     parts = find_components(str(folder), ("vae", "mask_vae"))
     vae = load_vae(parts.vae, dtype=torch.float32)
-    mask_vae = load_mask_vae(vae, parts.mask_vae)
+    mask_vae = load_mask_mode(vae, *choose_mask_mode(parts.mask_vae, None))  # the alpha codec generation uses
     for i, sample in enumerate(samples):
         write_sample(sample, truth / sample_name(i, sample), fps=fps)
         write_sample(round_trip(vae, mask_vae, sample), trip / sample_name(i, sample), fps=fps)
