@@ -61,11 +61,16 @@ def alpha_stability(alpha: torch.Tensor) -> float:
     return statistics.mean(ious) if ious else 1.0
 
 
-def centroids(alpha: torch.Tensor) -> list[tuple[float, float] | None]:
-    """Alpha-weighted centre (x, y) in pixels of each frame's opaque region, None where it is empty."""
-    _, frames, height, width = alpha.shape
+def pixel_centres(height: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """x and y [H, W] of every pixel's centre, in pixels."""
     ys, xs = torch.meshgrid(torch.arange(height, dtype=torch.float32) + 0.5,
                             torch.arange(width, dtype=torch.float32) + 0.5, indexing="ij")
+    return xs, ys
+
+
+def centroids(alpha: torch.Tensor) -> list[tuple[float, float] | None]:
+    """Alpha-weighted centre (x, y) in pixels of each frame's opaque region, None where it is empty."""
+    xs, ys = pixel_centres(*alpha.shape[-2:])
     weights = alpha[0].float() * opaque(alpha)
     out = []
     for w in weights:

@@ -21,7 +21,7 @@ import statistics
 
 import torch
 
-from .layer_metrics import region_labels
+from .layer_metrics import pixel_centres, region_labels
 
 
 def _world():
@@ -70,9 +70,7 @@ def classify_shape_frame(mask: torch.Tensor) -> tuple[str, float] | None:
     if area < 4:
         return None
     world = _world()
-    height, width = mask.shape
-    ys, xs = torch.meshgrid(torch.arange(height, dtype=torch.float32) + 0.5,
-                            torch.arange(width, dtype=torch.float32) + 0.5, indexing="ij")
+    xs, ys = pixel_centres(*mask.shape)
     cx, cy = float(xs[mask].mean()), float(ys[mask].mean())
     best = None
     for shape, unit_area in _unit_areas().items():
