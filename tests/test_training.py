@@ -333,3 +333,24 @@ def test_vgg_perceptual_term_from_torchvision_layout(world, tmp_path):
     task = MaskVAETask(c)
     assert task.perceptual is not None
     train(task, c)
+
+
+def test_text_dropout_trains_on_the_conditioning_guidance_uses_as_unconditional(world, tmp_path):
+    from layert2v_core.text import encode_layer_prompts
+    from train.dit_task import drop_text
+    cfg = config(world, tmp_path / "run", "--data", str(world / "single"), "--max-steps", "2", "--text-dropout", "0.5")
+    task = DiTTask(cfg)
+    spec = LayerSpec(1)
+    batch = task.collate([task.dataset[i] for i in range(2)])
+    _, context, lens = task.encode(batch, spec)
+    dropped, kept = drop_text(context, lens, task.negative, torch.tensor([True, False]))
+    caps = batch["captions"]
+    guided = encode_layer_prompts(task.text, spec, caps["full"][0], caps["background"][0], caps["foregrounds"][0])
+    rows = int(guided.negative_prompt_lens.sum())
+    assert torch.equal(kept[0], guided.negative_prompt_lens[0])  # the negative prompt in every slot, as CFG packs it
+    assert torch.equal(dropped[0, :rows], guided.negative_context[0, :rows]) and not dropped[0, rows:].any()
+    assert torch.equal(kept[1], lens[1]) and torch.equal(dropped[1, :context.shape[1]], context[1])  # untouched
+    assert drop_text(context, lens, task.negative, torch.tensor([False, False]))[0] is context
+    train(task, cfg)  # the loss runs with it
+    with pytest.raises(SystemExit, match="text_dropout"):
+        config(world, tmp_path / "bad", "--data", str(world / "single"), "--text-dropout", "1.0")

@@ -45,6 +45,7 @@ class TrainConfig:
     t_mean: float = 0.0                 # t = sigmoid(N(t_mean, t_std)); 0 centres t on 0.5 as the official trainer
     t_std: float = 1.0                  # see t_mean
     t_shift: float = 1.0                # sigma shift applied to the sampled t
+    text_dropout: float = 0.0           # fraction of samples trained on the negative prompt (the CFG branch)
     ema_decay: float = 0.0              # 0 = no EMA
     # LoRA
     lora_rank: int = 128                # 0 = train every DiT weight
@@ -89,6 +90,8 @@ class TrainConfig:
             problems.append(f"rope must be 3d or 4d, got {self.rope!r}")
         if self.mixed_precision not in ("no", "bf16", "fp16"):
             problems.append(f"mixed_precision must be no, bf16 or fp16, got {self.mixed_precision!r}")
+        if not 0.0 <= self.text_dropout < 1.0:
+            problems.append(f"text_dropout must be in [0, 1), got {self.text_dropout}")
         for name in ("batch_size", "grad_accum", "max_steps", "save_every", "log_every", "keep_last"):
             if getattr(self, name) < 1:
                 problems.append(f"{name} must be >= 1, got {getattr(self, name)}")

@@ -10,13 +10,14 @@ import re
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
 from layert2v_core.checkpoints import load_adapter, load_dit, save_dit, save_dit_adapter
 from layert2v_core.layered_latent import encode_layers
 from layert2v_core.layers import LayerSpec
 from layert2v_core.mask_vae import load_mask_vae
 from layert2v_core.model_folder import find_components
-from layert2v_core.text import batch_layered_contexts, encode_layer_prompts, load_text_encoder
+from layert2v_core.text import batch_layered_contexts, encode_layer_prompts, load_text_encoder, negative_prompt
 from layert2v_core.vae import frozen_vae_dtype, load_vae
 
 from .cache import CachedLayers, collate_cached, is_cache
@@ -38,6 +39,24 @@ def add_lora(dit: torch.nn.Module, rank: int, alpha: float, targets: list[str]) 
     return model
 
 
+def drop_text(context: torch.Tensor, prompt_lens: torch.Tensor, negative: torch.Tensor,
+              dropped: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Context [B, rows, dim] and prompt lengths [B, slots] with the `dropped` samples' prompts replaced by the
+    negative prompt's tokens [n, dim] in every slot: the unconditional branch as guidance packs it at inference
+    (text.pack_layer_contexts), so a model trained with some of it has a meaningful CFG."""
+    if not bool(dropped.any()):
+        return context, prompt_lens
+    slots = prompt_lens.shape[1]
+    packed = negative.to(context.device, context.dtype).repeat(slots, 1)
+    context = F.pad(context, (0, 0, 0, max(0, packed.shape[0] - context.shape[1]))).clone()
+    rows = dropped.to(context.device)
+    context[rows] = 0
+    context[rows, :packed.shape[0]] = packed
+    prompt_lens = torch.as_tensor(prompt_lens).clone()
+    prompt_lens[dropped.to(prompt_lens.device)] = negative.shape[0]
+    return context, prompt_lens
+
+
 def module_name(peft_name: str) -> str:
     """'base_model.model.blocks.0.self_attn.q.lora_A.default.weight' -> 'blocks.0.self_attn.q.lora_A.weight'."""
     return peft_name.removeprefix("base_model.model.").replace(".default.", ".")
@@ -54,7 +73,7 @@ class DiTTask:
     def __init__(self, cfg: TrainConfig, device: torch.device | str = "cpu"):
         self.cfg = cfg
         cached = is_cache(cfg.data)  # precomputed latents and T5 outputs: no text encoder needed
-        needed = ("dit", "vae", "mask_vae") + (() if cached else ("text_encoder",))
+        needed = ("dit", "vae", "mask_vae") + (() if cached and not cfg.text_dropout else ("text_encoder",))
         parts = find_components(cfg.model or None, needed, dit=cfg.dit or None, vae=cfg.vae or None,
                                 mask_vae=cfg.mask_vae or None, text_encoder=cfg.text_encoder or None)
         dtype = torch.bfloat16 if cfg.mixed_precision == "bf16" else torch.float32
@@ -65,6 +84,10 @@ class DiTTask:
         self.vae = load_vae(parts.vae, dtype=frozen_vae_dtype(device), device=device)
         self.mask_vae = load_mask_vae(self.vae, parts.mask_vae).requires_grad_(False)
         self.text = None if cached else load_text_encoder(parts.text_encoder, device=device)
+        self.negative = None  # the negative prompt's tokens, encoded once, when some samples train without text
+        if cfg.text_dropout > 0:
+            encoder = self.text or load_text_encoder(parts.text_encoder, device=device)
+            self.negative = encoder.encode_tokens([negative_prompt("")])[0]
         if cfg.lora_rank > 0:
             self.module = add_lora(self.dit, cfg.lora_rank, cfg.lora_alpha, cfg.lora_targets)
         else:  # lora_rank 0: every DiT weight trains (a model trained from scratch, like the demo's)
@@ -124,6 +147,9 @@ class DiTTask:
         cfg, device = self.cfg, self.dit.device
         spec = LayerSpec(batch["alphas"].shape[1], cfg.routing_policy)
         x0, context, prompt_lens = self.encode(batch, spec)
+        if self.negative is not None:
+            dropped = torch.rand(x0.shape[0], generator=generator) < cfg.text_dropout
+            context, prompt_lens = drop_text(context, prompt_lens, self.negative, dropped)
         sigma = sample_sigmas(x0.shape[0], generator, cfg.t_mean, cfg.t_std, cfg.t_shift).to(device)
         noise = torch.randn(x0.shape, generator=generator).to(device)
         z_t = noisy_latent(x0, noise, sigma)
