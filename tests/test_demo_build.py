@@ -84,3 +84,29 @@ def test_quick_defaults_never_write_the_shipped_model(monkeypatch):
                         {"total_seconds": 0})
     build_demo.main(["--quick"])
     assert "runs" in seen["out"].parts and "runs" in seen["work"].parts
+
+
+def test_a_changed_plan_reruns_the_phases_it_touches_and_those_after(tmp_path):
+    names = [name for name, _, _ in build_demo.PHASES]
+    read = {key for _, keys, _ in build_demo.PHASES for key in keys}
+    assert read | set(build_demo.UNTRAINED) == set(QUICK) == set(build_demo.FULL)  # every entry belongs somewhere
+    work = tmp_path / "work"
+    phases = build_demo.Phases(work, QUICK, resume=False)
+    for name, _, folders in build_demo.PHASES:
+        for folder in folders:
+            (work / folder).mkdir(parents=True, exist_ok=True)
+        phases.run(name, lambda: None)
+    (work / build_demo.PREVIOUS).write_text("{}")
+    longer = {**QUICK, "stage2_steps": QUICK["stage2_steps"] + 1}
+    resumed = build_demo.Phases(work, longer, resume=True)
+    assert [n for n in names if not resumed.done(n)] == ["stage 2", "stage 3"]
+    assert not (work / "stage2").exists() and not (work / "stage3").exists()  # no stale checkpoint to resume
+    assert (work / "cache_single").exists() and (work / "vae").exists()
+    assert not (work / build_demo.PREVIOUS).exists()  # the replaced model is the one the old plan built
+    assert resumed.record["replanned"][-1] == {"changed": ["stage2_steps"], "rerun": ["stage 2", "stage 3"]}
+    vae = build_demo.Phases(work, {**longer, "vae_steps": 5}, resume=True)
+    assert [n for n in names if not vae.done(n)] == names[names.index("vae clips"):]
+    for name in names:
+        vae.run(name, lambda: None)
+    evaluation = build_demo.Phases(work, {**longer, "vae_steps": 5, "eval": {}}, resume=True)
+    assert all(evaluation.done(n) for n in names)  # a new evaluation trains nothing again

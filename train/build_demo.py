@@ -59,18 +59,20 @@ from train.vae_task import VAETask  # noqa: E402
 # is ~90% of a step of this small model; the quick plan keeps it on so the tests still run it.
 FULL = dict(frames=17, size=64, single=600, multi=400, text_dim=64, vae_width=8, vae_foreground_weight=20.0,
             vae_temporal_weight=2.0, vae_image_steps=800, vae_image_batch=16, vae_steps=1000, vae_batch=2,
-            vae_lr=2e-3, vae_clip_lr=3e-4, mask_steps=200, stage2_steps=4500, stage3_steps=1500, lambda_mask=0.0,
-            batch=8,
+            vae_lr=2e-3, vae_clip_lr=3e-4, mask_steps=200, stage2_steps=9000, stage3_steps=3000, lambda_mask=0.0,
+            batch=8, text_dropout=0.1,
             dit=dict(dim=128, ffn_dim=512, num_heads=1, num_layers=4),
             eval=dict(seeds=24, two_fg_seeds=12, steps=25), fps=8.0)
 QUICK = dict(frames=5, size=32, single=8, multi=6, text_dim=32, vae_width=8, vae_foreground_weight=20.0,
              vae_temporal_weight=1.0, vae_image_steps=3, vae_image_batch=4, vae_steps=3, vae_batch=2, vae_lr=2e-3,
              vae_clip_lr=3e-4, mask_steps=3, stage2_steps=3, stage3_steps=3, lambda_mask=0.1, batch=2,
+             text_dropout=0.1,
              dit=dict(dim=128, ffn_dim=128, num_heads=1, num_layers=2),
              eval=dict(seeds=2, two_fg_seeds=1, steps=3), fps=8.0)
 DEFAULT_OUT, DEFAULT_WORK = "models/layert2v-tiny", "runs/demo"
 QUICK_OUT, QUICK_WORK = "runs/demo-quick/model", "runs/demo-quick/work"  # a smoke run never touches the shipped model
 PROGRESS = "build_progress.json"  # in --work: the plan and the seconds of every finished phase
+PREVIOUS = "previous_evaluation.json"  # in --work: the replaced model's numbers, shown beside the new ones
 CHECKPOINT_EVERY = 250  # steps; what an interrupted phase loses at most
 
 
@@ -88,18 +90,54 @@ def stage_config(plan: dict, work: Path, name: str, **options) -> "TrainConfig":
     return parse_config(name, argv)
 
 
+# Each phase in build order: the plan entries it reads and the folders of --work it writes. Resumed with a changed
+# plan, the first phase that reads a changed entry and every phase after it run again from nothing; those before it
+# stay (so a new DiT schedule reuses the VAEs and the cache).
+PHASES = (
+    ("synthetic data", ("frames", "size", "single", "multi"), ("data_single", "data_multi")),
+    ("text encoder and initial DiT", ("text_dim", "dit"), ("parts",)),
+    ("vae frames", ("vae_width", "vae_foreground_weight", "vae_temporal_weight", "vae_image_steps",
+                    "vae_image_batch", "vae_lr"), ("vae_frames",)),
+    ("vae clips", ("vae_steps", "vae_batch", "vae_clip_lr"), ("vae",)),
+    ("stage 1", ("mask_steps",), ("stage1",)),
+    ("cache", (), ("cache_single", "cache_multi")),
+    ("stage 2", ("stage2_steps", "batch", "lambda_mask", "text_dropout"), ("stage2",)),
+    ("stage 3", ("stage3_steps",), ("stage3",)),
+)
+UNTRAINED = ("eval", "fps")  # plan entries no phase reads: the evaluation and the card follow them anyway
+
+
 class Phases:
     """The build's phases, each run once: a finished phase is recorded in work/build_progress.json with its
     seconds (over every sitting it took) and skipped when the build is resumed; an unfinished training phase
-    resumes from its checkpoint."""
+    resumes from its checkpoint. A resumed build whose plan changed reruns what the change touches (`PHASES`)."""
 
     def __init__(self, work: Path, plan: dict, resume: bool):
         self.path = work / PROGRESS
         record = json.loads(self.path.read_text()) if resume and self.path.exists() else None
         if record is not None and record["plan"] != plan:
-            raise SystemExit(f"{self.path}: this build was started with another plan; resume it with the same "
-                             f"options (--quick or not), or give a new --work")
+            record = self._replan(work, record, plan)
         self.record = record or {"plan": plan, "seconds": {}}
+
+    def _replan(self, work: Path, record: dict, plan: dict) -> dict:
+        changed = {k for k in {*plan, *record["plan"]} if plan.get(k) != record["plan"].get(k)}
+        first = next((i for i, (_, keys, _) in enumerate(PHASES) if changed & set(keys)), len(PHASES))
+        if first == 0:
+            raise SystemExit(f"{self.path}: this build was started with another plan ({', '.join(sorted(changed))} "
+                             f"changed), which changes its data; give a new --work to build from nothing")
+        rerun = [name for name, _, _ in PHASES[first:]]
+        for name, _, folders in PHASES[first:]:
+            record["seconds"].pop(name, None)
+            record.get("interrupted_seconds", {}).pop(name, None)
+            for folder in folders:  # an older plan's checkpoints must not be resumed
+                shutil.rmtree(work / folder, ignore_errors=True)
+        print(f"[build_demo] the plan changed ({', '.join(sorted(changed))}): running again "
+              f"{', '.join(rerun) or 'no phase'}", flush=True)
+        (work / PREVIOUS).unlink(missing_ok=True)  # the model this plan replaces is the one built by the old plan
+        record.setdefault("replanned", []).append({"changed": sorted(changed), "rerun": rerun})
+        record["plan"] = plan
+        write_json(self.path, record)
+        return record
 
     def done(self, name: str) -> bool:
         return name in self.record["seconds"]
@@ -175,21 +213,22 @@ def build(out: Path, work: Path, plan: dict, evaluate: bool = True, resume: bool
     def stage2() -> None:
         cfg = stage_config(plan, work, "stage2", data=str(work / "cache_single"), max_foregrounds=1, lora_rank=0,
                            dit=str(parts / "dit_init.safetensors"), max_steps=plan["stage2_steps"], lr=1e-3,
-                           warmup_steps=100, lambda_mask=plan["lambda_mask"], **model_parts)
+                           warmup_steps=100, lambda_mask=plan["lambda_mask"], text_dropout=plan["text_dropout"],
+                           **model_parts)
         train(DiTTask(cfg), cfg)
 
     def stage3() -> None:
         cfg = stage_config(plan, work, "stage3", data=str(work / "cache_multi"), max_foregrounds=3, lora_rank=0,
                            dit=str(work / "stage2" / "final" / "dit.safetensors"), max_steps=plan["stage3_steps"],
-                           lr=5e-4, lambda_mask=plan["lambda_mask"], **model_parts)
+                           lr=5e-4, lambda_mask=plan["lambda_mask"], text_dropout=plan["text_dropout"], **model_parts)
         train(MultiForegroundTask(cfg), cfg)
 
-    for name, phase in (("synthetic data", data), ("text encoder and initial DiT", parts_from_nothing),
-                        ("vae frames", vae_frames), ("vae clips", vae_clips), ("stage 1", stage1),
-                        ("cache", cache), ("stage 2", stage2), ("stage 3", stage3)):
-        phases.run(name, phase)
+    steps = {"synthetic data": data, "text encoder and initial DiT": parts_from_nothing, "vae frames": vae_frames,
+             "vae clips": vae_clips, "stage 1": stage1, "cache": cache, "stage 2": stage2, "stage 3": stage3}
+    for name, _, _ in PHASES:
+        phases.run(name, steps[name])
 
-    previous = work / "previous_evaluation.json"  # the replaced model's numbers, shown beside the new ones
+    previous = work / PREVIOUS
     if not previous.exists() and (out / "evaluation.json").exists():
         write_json(previous, previous_summary(json.loads((out / "evaluation.json").read_text())))
     with writing_folder(out) as staging:  # the model folder is replaced whole, never left half written
