@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-from layert2v_core.conditioning import known_latent
+from layert2v_core.conditioning import keep_mask, known_latent
 from layert2v_core.layered_latent import check_keep, decode_videos, encode_videos
 from layert2v_core.layers import MAX_FOREGROUNDS
 from layert2v_core.pipeline import SPATIAL_STRIDE, LayeredVideo
@@ -36,15 +36,17 @@ class LayerT2VEncodeLayers:
                 "vae": (VAE, {"tooltip": "From Load LayerT2V VAE."}),
                 "latent": ("LATENT", {"tooltip": "Empty Layered Latent giving the layout, size and frame count."}),
                 "strength": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0, "step": 0.01,
-                                       "tooltip": "0 holds the kept layers exactly; higher lets the model refine "
-                                                  "them over the last part of sampling (1 regenerates them)."}),
+                                       "tooltip": "0 holds the kept layers exactly; higher lets the Layered "
+                                                  "Sampler refine them over the last part of sampling (1 "
+                                                  "regenerates them). ComfyUI's own samplers hold them exactly."}),
             },
             "optional": optional,
         }
 
     RETURN_TYPES = ("LATENT",)
     RETURN_NAMES = ("latent",)
-    OUTPUT_TOOLTIPS = ("The layered latent with the given layers in place, for the Layered Sampler.",)
+    OUTPUT_TOOLTIPS = ("The layered latent with the given layers in place, for the Layered Sampler or, through its "
+                       "noise mask, ComfyUI's KSampler / SamplerCustomAdvanced on an Apply LayerT2V model.",)
     SEARCH_ALIASES = ["alpha", "matte", "RGBA", "layers", "keep layer", "encode video"]
     FUNCTION = "encode"
     CATEGORY = CATEGORY
@@ -69,7 +71,10 @@ class LayerT2VEncodeLayers:
             known, _ = known_latent(spec, segments, samples.shape)
         kept = LayerInfo(info.num_foregrounds, info.frames, tuple(n for n in spec.segments if n in keep),
                          float(strength))
-        return (make_latent(known, kept),)
+        out = make_latent(known, kept)
+        # ComfyUI's inpainting mask (1 = generate, 0 = keep), so its own samplers hold the kept segments too.
+        out["noise_mask"] = (~keep_mask(spec, kept.kept, (known.shape[0], 1, *known.shape[2:]))).float()
+        return (out,)
 
 
 def _layers_to_keep(spec, layers: dict, frames: int, height: int, width: int) -> dict[str, torch.Tensor]:

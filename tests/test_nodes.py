@@ -269,6 +269,9 @@ def test_encode_layers_checks_what_is_connected(parts):
     assert kept["layert2v"]["kept"] == ["bg"] and kept["layert2v"]["strength"] == 0.5
     assert LayerSpec(1).split(kept["samples"])["bg"].abs().sum() > 0
     assert LayerSpec(1).split(kept["samples"])["full"].abs().sum() == 0
+    mask = LayerSpec(1).split(kept["noise_mask"])  # ComfyUI's samplers: 0 holds the background, 1 generates
+    assert kept["noise_mask"].shape == (1, 1, *kept["samples"].shape[2:])
+    assert (mask["bg"] == 0).all() and all((mask[name] == 1).all() for name in ("full", "fg1", "mask1"))
 
 
 def fake_layers(frames=5, size=16):
