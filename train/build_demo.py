@@ -55,16 +55,20 @@ from train.vae_task import VAETask  # noqa: E402
 # step costs 2.5-3.5x as much (0.24 -> 0.6 s single-foreground, 0.5 -> 1.6 s three-foreground, batch 8), and in
 # 150 s of stage 2 from the same init on this build's cache it made 222 steps against 541 and ended at a higher fixed
 # validation loss (0.562 against 0.465, 64 cached samples, fixed noise): dim 128 learns more per minute.
+# ComfyUI's own Wan loader reads any Wan2.1 file with a 256-wide time embedding and 4096-wide text input, so the DiT
+# has both (they cost nothing at this size) and the text encoder is umt5-xxl-wide but tiny behind its 4096 outputs:
+# the demo DiT then loads through Load Diffusion Model + Apply LayerT2V as well as through the pack's own loader.
 # The DiT stages leave out the alpha-decoder loss (lambda_mask 0): decoding every predicted mask through the alpha VAE
 # is ~90% of a step of this small model; the quick plan keeps it on so the tests still run it.
-FULL = dict(frames=17, size=64, single=600, multi=400, text_dim=64, vae_width=8, vae_foreground_weight=20.0,
+FULL = dict(frames=17, size=64, single=600, multi=400, text_dim=4096,
+            text_encoder=dict(layers=2, heads=2, d_kv=8, d_ff=32), vae_width=8, vae_foreground_weight=20.0,
             vae_temporal_weight=2.0, vae_image_steps=800, vae_image_batch=16, vae_steps=1000, vae_batch=2,
             vae_lr=2e-3, vae_clip_lr=3e-4, mask_steps=200, stage2_steps=9000, stage3_steps=3000, lambda_mask=0.0,
             batch=8, text_dropout=0.1,
-            dit=dict(dim=128, ffn_dim=512, num_heads=1, num_layers=4),
+            dit=dict(dim=128, ffn_dim=512, num_heads=1, num_layers=4, freq_dim=256),
             eval=dict(seeds=24, two_fg_seeds=12, steps=25), fps=8.0)
-QUICK = dict(frames=5, size=32, single=8, multi=6, text_dim=32, vae_width=8, vae_foreground_weight=20.0,
-             vae_temporal_weight=1.0, vae_image_steps=3, vae_image_batch=4, vae_steps=3, vae_batch=2, vae_lr=2e-3,
+QUICK = dict(frames=5, size=32, single=8, multi=6, text_dim=32, text_encoder=dict(layers=2, heads=2), vae_width=8,
+             vae_foreground_weight=20.0, vae_temporal_weight=1.0, vae_image_steps=3, vae_image_batch=4, vae_steps=3, vae_batch=2, vae_lr=2e-3,
              vae_clip_lr=3e-4, mask_steps=3, stage2_steps=3, stage3_steps=3, lambda_mask=0.1, batch=2,
              text_dropout=0.1,
              dit=dict(dim=128, ffn_dim=128, num_heads=1, num_layers=2),
@@ -95,11 +99,12 @@ def stage_config(plan: dict, work: Path, name: str, **options) -> "TrainConfig":
 # stay (so a new DiT schedule reuses the VAEs and the cache).
 PHASES = (
     ("synthetic data", ("frames", "size", "single", "multi"), ("data_single", "data_multi")),
-    ("text encoder and initial DiT", ("text_dim", "dit"), ("parts",)),
     ("vae frames", ("vae_width", "vae_foreground_weight", "vae_temporal_weight", "vae_image_steps",
                     "vae_image_batch", "vae_lr"), ("vae_frames",)),
-    ("vae clips", ("vae_steps", "vae_batch", "vae_clip_lr"), ("vae",)),
-    ("stage 1", ("mask_steps",), ("stage1",)),
+    ("vae clips", ("vae_steps", "vae_batch", "vae_clip_lr"), ("vae", "parts/vae.safetensors")),
+    ("stage 1", ("mask_steps",), ("stage1", "parts/mask_vae.safetensors")),
+    ("text encoder and initial DiT", ("text_dim", "text_encoder", "dit"),
+     ("parts/text_encoder.safetensors", "parts/dit_init.safetensors")),
     ("cache", (), ("cache_single", "cache_multi")),
     ("stage 2", ("stage2_steps", "batch", "lambda_mask", "text_dropout"), ("stage2",)),
     ("stage 3", ("stage3_steps",), ("stage3",)),
@@ -129,8 +134,11 @@ class Phases:
         for name, _, folders in PHASES[first:]:
             record["seconds"].pop(name, None)
             record.get("interrupted_seconds", {}).pop(name, None)
-            for folder in folders:  # an older plan's checkpoints must not be resumed
-                shutil.rmtree(work / folder, ignore_errors=True)
+            for output in folders:  # an older plan's checkpoints must not be resumed
+                if (work / output).is_dir():
+                    shutil.rmtree(work / output)
+                else:
+                    (work / output).unlink(missing_ok=True)
         print(f"[build_demo] the plan changed ({', '.join(sorted(changed))}): running again "
               f"{', '.join(rerun) or 'no phase'}", flush=True)
         (work / PREVIOUS).unlink(missing_ok=True)  # the model this plan replaces is the one built by the old plan
@@ -179,7 +187,8 @@ def build(out: Path, work: Path, plan: dict, evaluate: bool = True, resume: bool
         parts.mkdir(parents=True, exist_ok=True)
         sentences = example_sentences(caption_vocabulary(), count=2000) + [
             json.loads((p / "metadata.json").read_text())["captions"]["full"] for p in sorted(data1.iterdir())[:500]]
-        write_text_encoder(parts / "text_encoder.safetensors", sentences, d_model=plan["text_dim"])
+        write_text_encoder(parts / "text_encoder.safetensors", sentences, d_model=plan["text_dim"],
+                           **plan["text_encoder"])
         torch.manual_seed(0)
         save_dit(WanDiT(tiny_dit_config(plan["text_dim"], 1, **plan["dit"])), parts / "dit_init.safetensors")
 
@@ -195,6 +204,7 @@ def build(out: Path, work: Path, plan: dict, evaluate: bool = True, resume: bool
                            vae=str(work / "vae_frames" / "final" / "vae.safetensors"), max_steps=plan["vae_steps"],
                            lr=plan["vae_clip_lr"])
         train(VAETask(cfg, **weights), cfg)
+        parts.mkdir(parents=True, exist_ok=True)
         shutil.copy(work / "vae" / "final" / "vae.safetensors", parts / "vae.safetensors")
 
     def stage1() -> None:
