@@ -12,8 +12,11 @@ Every mode gives the interface of MaskVAE, `encode(alpha [B,1,T,H,W] in [0,1])` 
                       official train.yaml)
   vae-project         the plain Wan VAE, and per-position MLPs (`mask_vae_projects.pt`) on the mask segment of the
                       DiT's input and output at every step: they travel with the DiT (MaskSegmentProjections)
-
-The official `mask-vae-*` modes (a dedicated mask VAE, `mask_vae.pt`) are not read yet.
+  mask-vae-project    a dedicated MaskVAE (`mask_vae.pt`, dedicated_mask_vae.py) and the same two MLPs
+  mask-vae-joint      (`mask_vae_projects.pt`) around it, not around the DiT: encode = project_in(MaskVAE.encode),
+                      decode = MaskVAE.decode(project_out(latent)). The two modes differ only in training (a frozen
+                      stage-1 MaskVAE, or one trained with the DiT); a mask-vae-project checkpoint holds no
+                      mask_vae.pt of its own, so its stage-1 file is put beside it or given explicitly.
 """
 from __future__ import annotations
 
@@ -25,6 +28,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .dedicated_mask_vae import FILE as DEDICATED_MASK_VAE_FILE, DedicatedMaskVAE, fill_state, load_dedicated_mask_vae
 from .dit import RMSNorm
 from .mask_vae import MASK_MODE as VAE_LORA, load_mask_vae
 from .vae import WanVAE
@@ -32,10 +36,10 @@ from .weights import CheckpointError, describe_mismatch, load_torch_file
 
 log = logging.getLogger(__name__)
 
-MASK_MODES = (VAE_LORA, "vae", "downsample", "downsample-project", "vae-project")
-UNSUPPORTED_MASK_MODES = ("mask-vae-project", "mask-vae-joint")
+DEDICATED_MODES = ("mask-vae-project", "mask-vae-joint")
+MASK_MODES = (VAE_LORA, "vae", "downsample", "downsample-project", "vae-project", *DEDICATED_MODES)
 ENCODER_FILE, DECODER_FILE = "mask_encoder.pt", "mask_decoder.pt"
-PROJECTIONS_FILE, DEDICATED_MASK_VAE_FILE = "mask_vae_projects.pt", "mask_vae.pt"
+PROJECTIONS_FILE = "mask_vae_projects.pt"
 TEMPORAL_STRIDE, SPATIAL_STRIDE = 4, 8
 
 
@@ -229,11 +233,7 @@ def load_projections(path: str | os.PathLike) -> MaskSegmentProjections:
     module = MaskSegmentProjections(first.shape[1], first.shape[0] if depth > 1 else int(config.get(
         "hidden_channels", 128)), depth, "proj.norm.weight" in state["proj_in"])
     for name, part in (("proj_in", module.proj_in), ("proj_out", module.proj_out)):
-        own, given = part.state_dict(), state[name]
-        missing, unexpected = sorted(set(own) - set(given)), sorted(set(given) - set(own))
-        if missing or unexpected:
-            raise CheckpointError(describe_mismatch(f"official {PROJECTIONS_FILE} {name}", path, missing, unexpected))
-        part.load_state_dict(given)
+        fill_state(part, state[name], f"official {PROJECTIONS_FILE} {name}", path)
     return module.eval().requires_grad_(False)
 
 
@@ -272,14 +272,81 @@ def load_learned_downsample(folder: str | os.PathLike, channels: int) -> Learned
     return module.eval().requires_grad_(False)
 
 
+class DedicatedMaskVAEMatte(nn.Module):
+    """'mask-vae-project' / 'mask-vae-joint': the dedicated MaskVAE with project_in after its encoder (into the
+    DiT's latent space) and project_out before its decoder; the DiT itself runs without projections."""
+
+    def __init__(self, mask_vae: DedicatedMaskVAE, projections: MaskSegmentProjections, mask_mode: str):
+        super().__init__()
+        self.mask_vae, self.projections, self.mask_mode = mask_vae, projections, mask_mode
+
+    def encode(self, alpha: torch.Tensor, *, tile=None) -> torch.Tensor:
+        _check_alpha(alpha)
+        weight = self.mask_vae.encoder.conv_in.weight
+        return self.projections.proj_in(self.mask_vae.encode((alpha * 2 - 1).to(weight.dtype))).float()
+
+    def decode(self, latent: torch.Tensor, *, tile=None) -> torch.Tensor:
+        weight = self.mask_vae.decoder.conv_in.weight
+        z = self.projections.proj_out(latent.to(weight.dtype))
+        return ((self.mask_vae.decode(z, video_size(latent)).float() + 1) / 2).clamp(0, 1)
+
+
+def dedicated_files(path: str | os.PathLike | None = None,
+                    adapter: str | os.PathLike | None = None) -> tuple[Path | None, Path | None]:
+    """(mask_vae.pt, mask_vae_projects.pt) of a mask-vae-* model, None where absent. As the official inference:
+    the MaskVAE is the given file (a folder: its mask_vae.pt), else the adapter folder's; the projections are the
+    adapter folder's, else the ones beside the MaskVAE."""
+    path = Path(path) if path is not None else None
+    folder = Path(adapter) if adapter is not None and Path(adapter).is_dir() else None
+    if path is not None and path.is_dir():
+        path = path / DEDICATED_MASK_VAE_FILE
+    elif path is not None and path.name == PROJECTIONS_FILE:  # the projections picked: the MaskVAE beside them
+        path = path.parent / DEDICATED_MASK_VAE_FILE
+    if path is None and folder is not None:
+        path = folder / DEDICATED_MASK_VAE_FILE
+    near = [folder] if folder is not None else []
+    near += [path.parent] if path is not None else []
+    projections = next((d / PROJECTIONS_FILE for d in near if (d / PROJECTIONS_FILE).is_file()), None)
+    return (path if path is not None and path.is_file() else None), projections
+
+
+def _need_dedicated_files(mode: str, path, adapter) -> tuple[Path, Path]:
+    mask_vae, projections = dedicated_files(path, adapter)
+    missing = [name for name, hit in ((DEDICATED_MASK_VAE_FILE, mask_vae), (PROJECTIONS_FILE, projections))
+               if hit is None]
+    if missing:
+        where = ", ".join(str(p) for p in (path, adapter) if p is not None) or "no file or adapter given"
+        raise FileNotFoundError(
+            f"'{mode}' mask mode needs the MaskVAE {DEDICATED_MASK_VAE_FILE} and its projections {PROJECTIONS_FILE}; "
+            f"missing {missing} (looked at: {where}). A checkpoint folder of the official trainer holds "
+            f"{PROJECTIONS_FILE} (and, for mask-vae-joint, {DEDICATED_MASK_VAE_FILE}); a mask-vae-project run keeps "
+            f"its stage-1 MaskVAE frozen and does not save it: copy the {DEDICATED_MASK_VAE_FILE} that "
+            f"train_maskvae.py wrote beside the adapter, or give it as the alpha VAE file")
+    return mask_vae, projections
+
+
+def load_dedicated(mode: str, mask_vae_file: str | os.PathLike,
+                   projections_file: str | os.PathLike) -> DedicatedMaskVAEMatte:
+    """The mask-vae-* codec from the official mask_vae.pt and mask_vae_projects.pt, fp32, in eval mode."""
+    mask_vae, projections = load_dedicated_mask_vae(mask_vae_file), load_projections(projections_file)
+    latent, width = mask_vae.config.latent_channels, projections.proj_in.pre_scale.shape[1]
+    if latent != width:
+        raise CheckpointError(f"{mask_vae_file} encodes to {latent} channels but {projections_file} projects "
+                              f"{width}; the two files belong to different runs")
+    return DedicatedMaskVAEMatte(mask_vae, projections, mode).eval()
+
+
 def mode_of_file(path: str | os.PathLike) -> str:
-    """The mask mode an alpha file belongs to, from its name."""
-    name = Path(path).name
-    if name in (ENCODER_FILE, DECODER_FILE) or Path(path).is_dir():
+    """The mask mode an alpha file (or a folder of them) belongs to, from its name: a mask_vae.pt is taken for
+    'mask-vae-project', whose file is the same as 'mask-vae-joint''s (only the run config tells them apart)."""
+    path = Path(path)
+    if path.is_dir():
+        return "mask-vae-project" if (path / DEDICATED_MASK_VAE_FILE).is_file() else "downsample-project"
+    if path.name in (ENCODER_FILE, DECODER_FILE):
         return "downsample-project"
-    if name == PROJECTIONS_FILE:
-        return "mask-vae-project" if (Path(path).parent / DEDICATED_MASK_VAE_FILE).exists() else "vae-project"
-    if name == DEDICATED_MASK_VAE_FILE:
+    if path.name == PROJECTIONS_FILE:
+        return "mask-vae-project" if (path.parent / DEDICATED_MASK_VAE_FILE).exists() else "vae-project"
+    if path.name == DEDICATED_MASK_VAE_FILE:
         return "mask-vae-project"
     return VAE_LORA
 
@@ -287,39 +354,48 @@ def mode_of_file(path: str | os.PathLike) -> str:
 def choose_mask_mode(mask_file: str | os.PathLike | None = None, adapter: str | os.PathLike | None = None,
                      mode: str | None = None) -> tuple[str, Path | None]:
     """(mode, file) for a model: `mode` if given, else the alpha file's, else the mask_mode of the official run
-    config.yaml beside an official adapter folder, else 'vae' (the official inference default). Logs its choice."""
+    config.yaml beside an official adapter folder, else what the adapter folder's files say, else 'vae' (the
+    official inference default). Logs its choice and the files it found."""
     from .checkpoints import official_run_config
 
     file = Path(mask_file) if mask_file is not None else None
+    folder = Path(adapter) if adapter is not None and Path(adapter).is_dir() else None
+    run = official_run_config(folder) if folder is not None else None
+    run_mode = str(run[1]["mask_mode"]) if run is not None and run[1].get("mask_mode") else None
     why = "as asked"
     if mode is None and file is not None:
         mode, why = mode_of_file(file), f"from {file}"
-    run = official_run_config(adapter) if adapter is not None and Path(adapter).is_dir() else None
-    if mode is None and file is None and adapter is not None and (Path(adapter) / PROJECTIONS_FILE).is_file():
-        mode, why = mode_of_file(Path(adapter) / PROJECTIONS_FILE), f"{PROJECTIONS_FILE} beside the adapter"
-    if mode is None and run is not None and run[1].get("mask_mode"):
-        mode, why = str(run[1]["mask_mode"]), f"the mask_mode of {run[0]}"
+        if mode in DEDICATED_MODES and run_mode in DEDICATED_MODES:  # the files cannot tell project from joint
+            mode, why = run_mode, f"from {file} and the mask_mode of {run[0]}"
+    if mode is None and run_mode is not None:
+        mode, why = run_mode, f"the mask_mode of {run[0]}"
         needs = {VAE_LORA: "mask_vae_lora.pt", "downsample-project": f"{ENCODER_FILE} and {DECODER_FILE}"}
         if mode in needs:
             raise FileNotFoundError(f"{run[0]} says mask_mode {mode!r}, which needs {needs[mode]}; none was found "
                                     f"beside the adapter {adapter} or in the model folder; add the file(s) or pass "
                                     f"the alpha VAE explicitly")
+    if mode is None and file is None and folder is not None and (folder / PROJECTIONS_FILE).is_file():
+        mode, why = mode_of_file(folder / PROJECTIONS_FILE), f"{PROJECTIONS_FILE} beside the adapter"
     if mode is None:
         mode, why = "vae", "no alpha VAE file found, so the plain Wan VAE decodes mattes (the official default)"
-    if mode == "vae-project" and not (adapter is not None and (Path(adapter) / PROJECTIONS_FILE).is_file()):
+    if mode == "vae-project" and not (folder is not None and (folder / PROJECTIONS_FILE).is_file()):
         raise FileNotFoundError(f"'vae-project' mask mode needs {PROJECTIONS_FILE} in the official checkpoint folder "
                                 f"given as the adapter (the DiT applies its projections); none found")
+    if mode in DEDICATED_MODES:
+        mask_vae, projections = _need_dedicated_files(mode, file, adapter)
+        file, why = file or mask_vae, f"{why}; MaskVAE {mask_vae}, projections {projections} (around the MaskVAE)"
     log.info("mask mode %s: %s", mode, why)
     return mode, file
 
 
-def load_mask_mode(vae: WanVAE, mode: str | None = None, path: str | os.PathLike | None = None) -> nn.Module:
+def load_mask_mode(vae: WanVAE, mode: str | None = None, path: str | os.PathLike | None = None, *,
+                   adapter: str | os.PathLike | None = None) -> nn.Module:
     """The alpha codec of `mode` on `vae`; mode None: the file's mode, or 'vae' when there is no file.
 
-    path: the alpha VAE file (vae-lora), mask_encoder.pt / mask_decoder.pt or their folder (downsample-project)."""
+    path: the alpha VAE file (vae-lora), mask_encoder.pt / mask_decoder.pt or their folder (downsample-project),
+    mask_vae.pt or its folder (mask-vae-*; the projections come from the official checkpoint folder `adapter`, else
+    from beside it)."""
     mode = mode or (mode_of_file(path) if path is not None else "vae")
-    if mode in UNSUPPORTED_MASK_MODES:
-        raise CheckpointError(f"the official '{mode}' mask mode is not supported yet; supported: {list(MASK_MODES)}")
     if mode not in MASK_MODES:
         raise ValueError(f"unknown mask mode {mode!r}; choose one of {list(MASK_MODES)}")
     if mode == VAE_LORA:
@@ -333,6 +409,13 @@ def load_mask_mode(vae: WanVAE, mode: str | None = None, path: str | os.PathLike
         folder = Path(path) if Path(path).is_dir() else Path(path).parent
         weight = vae.conv2.weight
         return load_learned_downsample(folder, vae.z_dim).to(weight.device)
+    if mode in DEDICATED_MODES:
+        mask_vae_file, projections_file = _need_dedicated_files(mode, path, adapter)
+        codec = load_dedicated(mode, mask_vae_file, projections_file)
+        if codec.mask_vae.config.latent_channels != vae.z_dim:
+            raise CheckpointError(f"{mask_vae_file} encodes to {codec.mask_vae.config.latent_channels} channels but "
+                                  f"the VAE latent has {vae.z_dim}; it belongs to another model")
+        return codec.to(vae.conv2.weight.device)
     if mode == "downsample":
         return DownsampledMatte(vae.z_dim)
     return PlainVAEMatte(vae, mode)  # 'vae', and 'vae-project' whose projections the DiT carries

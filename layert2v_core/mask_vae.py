@@ -211,7 +211,9 @@ def _read_official(path: Path):
             found = ("the 'vae-project' mode's latent projections, which the DiT loads from the official checkpoint "
                      "folder; mattes then decode with the plain Wan VAE (no alpha VAE file)")
         elif "encoder" in state and "decoder" in state:
-            found = "a dedicated MaskVAE of the 'mask-vae-project' / 'mask-vae-joint' modes, not supported yet"
+            found = ("the dedicated MaskVAE of the 'mask-vae-project' / 'mask-vae-joint' modes; load it in one of "
+                     "those modes (--mask-mode, or keep its official name mask_vae.pt so its mode is recognised), "
+                     "with mask_vae_projects.pt beside it or in the checkpoint folder")
         else:
             found = f"keys {sorted(state)[:6]}"
         raise CheckpointError(f"{path} holds {found}. The '{MASK_MODE}' alpha VAE is a mask_vae_lora.pt with "

@@ -4,8 +4,9 @@ A model folder holds, under any of the names users already have (first match win
   DiT           dit.safetensors | wan2.1_t2v_1.3B_fp16.safetensors | diffusion_pytorch_model.safetensors | transformer/
   adapter       adapter.safetensors | layert2v_adapter.safetensors | adapter/ (official PEFT folder)   (optional)
   RGB VAE       vae.safetensors | wan_2.1_vae.safetensors | Wan2.1_VAE.pth | vae/
-  alpha VAE     mask_vae.safetensors | mask_vae_lora.pt | mask_decoder.pt (+ mask_encoder.pt)        (optional;
-                also looked for beside an official adapter folder; none: the plain Wan VAE, 'vae' mask mode)
+  alpha VAE     mask_vae.safetensors | mask_vae_lora.pt | mask_decoder.pt (+ mask_encoder.pt) | mask_vae.pt
+                (+ mask_vae_projects.pt)  (optional; also looked for beside an official adapter folder; none: the
+                plain Wan VAE, 'vae' mask mode)
   text encoder  text_encoder.safetensors | umt5_xxl_fp16.safetensors | umt5_xxl_fp8_e4m3fn_scaled.safetensors |
                 models_t5_umt5-xxl-enc-bf16.pth | text_encoder/
   settings      generation.json: the sampling settings the model was made for (optional; see GENERATION_KEYS)
@@ -27,7 +28,7 @@ CANDIDATES = {
             "diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.safetensors.index.json", "transformer"),
     "adapter": ("adapter.safetensors", "layert2v_adapter.safetensors", "adapter"),
     "vae": ("vae.safetensors", "wan_2.1_vae.safetensors", "Wan2.1_VAE.pth", "vae"),
-    "mask_vae": ("mask_vae.safetensors", "mask_vae_lora.pt", "mask_decoder.pt"),
+    "mask_vae": ("mask_vae.safetensors", "mask_vae_lora.pt", "mask_decoder.pt", "mask_vae.pt"),
     "text_encoder": ("text_encoder.safetensors", "umt5_xxl_fp16.safetensors", "umt5_xxl_fp8_e4m3fn_scaled.safetensors",
                      "models_t5_umt5-xxl-enc-bf16.pth", "text_encoder"),
 }
@@ -136,7 +137,7 @@ def load_pipeline(paths: ModelPaths, device: str | torch.device = "cpu", dtype: 
     if matte[0] != "vae-project":  # the chosen mode decides, also over an official run's projections file
         dit.mask_projection = None
     vae = load_vae(paths.vae, dtype=frozen_vae_dtype(device), device=home)
-    mask_vae = load_mask_mode(vae, *matte)  # every mode shares the frozen VAE weights; vae-lora adds its adapter
+    mask_vae = load_mask_mode(vae, *matte, adapter=paths.adapter)  # the VAE's weights are shared, never copied
     text_encoder = load_text_encoder(paths.text_encoder, dtype=dtype, device=home)
     return LayerT2VPipeline(dit, vae, mask_vae, text_encoder, device, offload=offload, vae_tile=vae_tile,
                             names=(str(paths.dit), str(paths.vae), str(paths.text_encoder)))

@@ -96,8 +96,9 @@ def test_other_mask_modes_and_bad_files_are_rejected(tmp_path):
         load_mask_vae(vae, project)
     joint = tmp_path / "mask_vae.pt"
     torch.save({"encoder": {}, "decoder": {}, "config": {}}, joint)
-    with pytest.raises(CheckpointError, match="mask-vae-project"):
-        load_mask_vae(vae, joint)
+    with pytest.raises(CheckpointError, match="dedicated MaskVAE of the 'mask-vae-project' / 'mask-vae-joint' "
+                                              "modes; load it in one of those modes"):
+        load_mask_vae(vae, joint)  # the vae-lora loader points to the modes that read this file
     state = _official_state(MaskVAE(vae, CONFIG))
     state["decoder_lora"].pop(next(iter(state["decoder_lora"])))
     partial = tmp_path / "partial.pt"
