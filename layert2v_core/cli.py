@@ -50,7 +50,10 @@ def build_parser() -> argparse.ArgumentParser:
         m.add_argument(f"--{part}", help=f"path of the {part.replace('-', ' ')} (overrides the folder's)")
     m.add_argument("--mask-mode", choices=MASK_MODES, help="how mattes are decoded (default: the alpha VAE file's, "
                                                            "else the official run config's, else vae: the plain "
-                                                           "Wan VAE, no file)")
+                                                           "Wan VAE, no file). mask-vae-project / mask-vae-joint: "
+                                                           "the official mask_vae.pt as --mask-vae, with "
+                                                           "mask_vae_projects.pt in the --adapter folder or "
+                                                           "beside mask_vae.pt")
     m.add_argument("--ema", action="store_true", help="use the EMA weights of an official checkpoint folder "
                                                        "(ema/ema_model.pt beside the adapter; the authors recommend "
                                                        "them)")

@@ -125,7 +125,10 @@ class LayerT2VVAELoader:
                            "mask_vae_lora.pt or a LayerT2V mask VAE .safetensors. It shares the RGB VAE's weights, "
                            "so pick the one made for that VAE (the built-in demo's goes with the built-in VAE). "
                            "An official run's mask_decoder.pt (with mask_encoder.pt beside it): its "
-                           "'downsample-project' mode. 'none: ...': the official modes that need no file."}),
+                           "'downsample-project' mode; its mask_vae.pt (with mask_vae_projects.pt beside it): the "
+                           "'mask-vae-project' / 'mask-vae-joint' modes (a mask-vae-project run saves no "
+                           "mask_vae.pt: put its stage-1 file there). 'none: ...': the official modes that need no "
+                           "file."}),
             "tiling": (["off", "on"], {
                 "default": "off",
                 "tooltip": "Encode/decode in overlapping spatial tiles to bound VRAM (slightly slower; seams are "

@@ -171,7 +171,9 @@ class LayerT2VAlphaVAE:
             "vae": ("VAE", {"tooltip": "ComfyUI's Wan2.1 VAE (Load VAE with wan_2.1_vae.safetensors)."}),
             "alpha_vae_name": (_choices(host.ADAPTER_KIND, "vae"), {
                 "tooltip": "LayerT2V alpha-matte VAE adapter from models/layert2v (or models/vae): the official "
-                           "mask_vae_lora.pt or a LayerT2V mask VAE .safetensors, made for this Wan VAE."}),
+                           "mask_vae_lora.pt or a LayerT2V mask VAE .safetensors, made for this Wan VAE; or an "
+                           "official run's mask_decoder.pt ('downsample-project') or mask_vae.pt with "
+                           "mask_vae_projects.pt beside it ('mask-vae-project' / 'mask-vae-joint')."}),
         }}
 
     RETURN_TYPES = (VAE,)
