@@ -256,6 +256,13 @@ def load_adapter(path: str | os.PathLike, ema: bool | None = None) -> Adapter:
         raise CheckpointError(f"{path} is the LayerT2V alpha-matte (mask) VAE, not the DiT adapter; load it as the "
                               f"alpha VAE and pick the DiT adapter file here")
     meta = json.loads(source.metadata.get(METADATA_KEY, "{}"))
+    if "config" in meta and LAYER_ADALN_KEY in source:
+        # A merged LayerT2V DiT (ours): its weights are what a Wan loader reads; what a Wan model lacks is here.
+        config = meta["config"]
+        settings = {"rope": config.get("rope", "3d"), **({"rope_dims": tuple(config["rope_dims"])}
+                                                        if config.get("rope_dims") else {})}
+        return Adapter({}, {LAYER_ADALN_KEY: source[LAYER_ADALN_KEY]}, config.get("routing_policy", "paper"),
+                       f"the LayerT2V parts of merged checkpoint {path}", settings)
     if meta.get("format") != ADAPTER_FORMAT:
         if any(k.startswith(("blocks.", COMFY_PREFIX, "condition_embedder.")) for k in source) \
                 and not any(".lora_" in k for k in source):

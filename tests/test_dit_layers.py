@@ -212,6 +212,27 @@ def test_own_adapter_roundtrip(tmp_path):
                                   loaded(x, t, ctx, layer_spec=spec, prompt_lens=lens))
 
 
+def test_a_merged_layert2v_checkpoint_gives_its_layer_parts_as_an_adapter(tmp_path):
+    """A Wan loader (ComfyUI's) reads a merged checkpoint's Wan weights; the adapter slot takes what they lack."""
+    from layert2v_core.checkpoints import load_adapter
+    model = tiny()
+    with torch.no_grad():
+        model.layer_adaln.layer_modulation.normal_(0, 0.3)
+    model.config.routing_policy = "official"
+    save_dit(model, tmp_path / "merged.safetensors")
+    adapter = load_adapter(tmp_path / "merged.safetensors")
+    assert adapter.lora == {} and list(adapter.tensors) == ["layer_adaln.layer_modulation"]
+    assert adapter.routing_policy == "official" and adapter.settings["rope"] == "3d"
+    base = _base_file(model, tmp_path / "base.safetensors")  # the same weights without the LayerT2V table
+    rebuilt, merged = load_dit(base, adapter=tmp_path / "merged.safetensors"), load_dit(tmp_path / "merged.safetensors")
+    spec = LayerSpec(1)
+    x, t, ctx, lens = sample(spec)
+    with torch.no_grad():
+        assert torch.equal(rebuilt(x, t, ctx, layer_spec=spec, prompt_lens=lens),
+                           merged(x, t, ctx, layer_spec=spec, prompt_lens=lens))
+    assert rebuilt.config.routing_policy == "official"
+
+
 def test_wrong_file_in_adapter_slot(tmp_path):
     model = tiny()
     base = _base_file(model, tmp_path / "base.safetensors")
