@@ -2,6 +2,7 @@
 
 A model folder holds, under any of the names users already have (first match wins):
   DiT           dit.safetensors | wan2.1_t2v_1.3B_fp16.safetensors | diffusion_pytorch_model.safetensors | transformer/
+                | diffusion_models/ (ComfyUI's folder name, holding one .safetensors file)
   adapter       adapter.safetensors | layert2v_adapter.safetensors | adapter/ (official PEFT folder)   (optional)
   RGB VAE       vae.safetensors | wan_2.1_vae.safetensors | Wan2.1_VAE.pth | vae/
   alpha VAE     mask_vae.safetensors | mask_vae_lora.pt | mask_decoder.pt (+ mask_encoder.pt) | mask_vae.pt
@@ -25,7 +26,8 @@ import torch
 
 CANDIDATES = {
     "dit": ("dit.safetensors", "wan2.1_t2v_1.3B_fp16.safetensors", "wan2.1_t2v_1.3B_bf16.safetensors",
-            "diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.safetensors.index.json", "transformer"),
+            "diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.safetensors.index.json", "transformer",
+            "diffusion_models"),
     "adapter": ("adapter.safetensors", "layert2v_adapter.safetensors", "adapter"),
     "vae": ("vae.safetensors", "wan_2.1_vae.safetensors", "Wan2.1_VAE.pth", "vae"),
     "mask_vae": ("mask_vae.safetensors", "mask_vae_lora.pt", "mask_decoder.pt", "mask_vae.pt"),
@@ -36,6 +38,8 @@ CANDIDATES = {
 OPTIONAL = ("adapter", "mask_vae")
 DEMO_MODEL_NAME = "layert2v-tiny"
 DEMO_MODEL_LABEL = f"{DEMO_MODEL_NAME} (built-in demo)"  # how model pickers (the ComfyUI loaders) list it
+# The demo's DiT sits in a folder of its own, so ComfyUI's Load Diffusion Model can list that folder and show it alone.
+DEMO_DIT = Path("diffusion_models") / f"{DEMO_MODEL_NAME}.safetensors"
 GENERATION_FILE = "generation.json"
 # What generation.json may set, with the type each value must have.
 GENERATION_KEYS = {"frames": int, "height": int, "width": int, "steps": int, "cfg": float, "shift": float,
@@ -45,7 +49,7 @@ GENERATION_KEYS = {"frames": int, "height": int, "width": int, "steps": int, "cf
 def demo_model_folder() -> Path | None:
     """The embedded demo model shipped in the repository (models/layert2v-tiny), if present."""
     folder = Path(__file__).resolve().parent.parent / "models" / DEMO_MODEL_NAME
-    return folder if (folder / "dit.safetensors").is_file() else None
+    return folder if (folder / DEMO_DIT).is_file() else None
 
 
 def generation_settings(folder: str | os.PathLike | None) -> dict:
@@ -66,6 +70,14 @@ def generation_settings(folder: str | os.PathLike | None) -> dict:
             article = "an" if kind is int else "a"
             raise ValueError(f"{path}: {key} must be {article} {kind.__name__}, got {value!r}")
     return settings
+
+
+def _only_weights_file(folder: Path) -> Path:
+    files = sorted(folder.glob("*.safetensors"))
+    if len(files) != 1:
+        raise FileNotFoundError(f"{folder} should hold the model's one DiT .safetensors file, found "
+                                f"{[f.name for f in files] or 'none'}; keep one there or name the DiT explicitly")
+    return files[0]
 
 
 @dataclass
@@ -100,6 +112,8 @@ def find_components(folder: str | os.PathLike | None = None, required: tuple[str
             hit = next((base / n for n in names if (base / n).exists()), None)
             if hit is not None and hit.name.endswith(".index.json"):
                 hit = hit.parent
+            elif hit is not None and hit.name == "diffusion_models" and hit.is_dir():
+                hit = _only_weights_file(hit)
             setattr(paths, part, hit)
     if paths.mask_vae is None and explicit.get("mask_vae") is None and paths.adapter is not None \
             and paths.adapter.is_dir():  # an official checkpoint folder keeps its mask files beside the adapter

@@ -58,6 +58,15 @@ def _adapter_choices() -> list[str]:
     return list(dict.fromkeys(host.list_models(host.ADAPTER_KIND) + host.list_models("loras")))
 
 
+def _apply_choices() -> list[str]:
+    """Apply LayerT2V's adapters: the user's, then the built-in demo's (its merged DiT holds its LayerAdaLN)."""
+    return _adapter_choices() + ([BUILTIN] if demo_model_folder() is not None else [])
+
+
+def _apply_adapter_path(name: str) -> Path:
+    return _model_file(name, "dit", "diffusion_models") if name == BUILTIN else _adapter_path(name)
+
+
 def _adapter_path(name: str) -> Path:
     """Our kind first, then loras; an official PEFT folder is picked through its adapter_model file."""
     path = _model_file(name, "adapter", host.ADAPTER_KIND, "loras")
@@ -73,7 +82,7 @@ class LayerT2VModelLoader:
             "model_name": (_choices("diffusion_models"), {
                 "tooltip": "Wan2.1 T2V 1.3B from models/diffusion_models: the original, ComfyUI (fp16/bf16/fp8) or "
                            f"diffusers layout, or a merged LayerT2V checkpoint. '{BUILTIN}': the tiny model shipped "
-                           "with the node pack (synthetic shapes only, 48x48, 9 frames; adapter 'none')."}),
+                           "with the node pack (synthetic shapes only, 64x64, 17 frames; adapter 'none')."}),
             "adapter_name": ([NONE] + _adapter_choices(), {
                 "tooltip": "LayerT2V adapter from models/layert2v (or models/loras): the official PEFT folder's "
                            "adapter_model file (its ema/ema_model.pt for the EMA weights, lora_weights.pt for the "

@@ -15,12 +15,13 @@ import torch
 
 from layert2v_core.checkpoints import load_adapter
 from layert2v_core.layers import ROUTING_POLICIES
+from layert2v_core.model_folder import DEMO_DIT
 from layert2v_core.native_wan import PROMPT_LENS_KEY, LayeredWan, layer_modulation, lora_state_dict, patch_grid
 from layert2v_core.vae import load_vae
 
 from . import host
 from .common import CATEGORY, VAE, LayerT2VInputError, LoadedVAE, readable_errors
-from .loaders import _adapter_choices, _adapter_path, _choices, alpha_vae
+from .loaders import BUILTIN, _apply_adapter_path, _apply_choices, _choices, alpha_vae
 
 NODE = "Apply LayerT2V"
 FROM_CHECKPOINT = "checkpoint"
@@ -34,9 +35,11 @@ class LayerT2VApply:
         return {"required": {
             "model": ("MODEL", {"tooltip": "Wan2.1 T2V 1.3B from ComfyUI's own loaders (Load Diffusion Model, a GGUF "
                                            "or fp8 loader), LoRA loaders and other model patches included."}),
-            "adapter_name": (_adapter_choices(), {
+            "adapter_name": (_apply_choices(), {
                 "tooltip": "LayerT2V adapter from models/layert2v (or models/loras): the official PEFT folder's "
-                           "adapter_model file or a LayerT2V .safetensors adapter."}),
+                           "adapter_model file or a LayerT2V .safetensors adapter; a merged LayerT2V checkpoint "
+                           f"gives its LayerAdaLN and routing. '{BUILTIN}': the demo's, for its DiT "
+                           f"({DEMO_DIT.name} in Load Diffusion Model)."}),
             "strength": ("FLOAT", {"default": 1.0, "min": -10.0, "max": 10.0, "step": 0.01,
                                    "tooltip": "Strength of the adapter's LoRA (1 as trained). LayerAdaLN and the "
                                               "routing always apply in full."}),
@@ -59,7 +62,7 @@ class LayerT2VApply:
     def apply(self, model, adapter_name: str, strength: float, routing: str):
         with readable_errors(NODE):
             wan = _wan_model(model)
-            adapter = load_adapter(_adapter_path(adapter_name))
+            adapter = load_adapter(_apply_adapter_path(adapter_name))
             table = layer_modulation(adapter, wan.dim)
             policy = adapter.routing_policy if routing == FROM_CHECKPOINT else routing
             if policy not in ROUTING_POLICIES:

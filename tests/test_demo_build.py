@@ -12,7 +12,7 @@ from train.build_demo import QUICK, build
 def test_quick_build_makes_a_usable_model_folder(tmp_path):
     out, work = tmp_path / "model", tmp_path / "work"
     record = build(out, work, QUICK)
-    for name in ("dit.safetensors", "vae.safetensors", "mask_vae.safetensors", "text_encoder.safetensors",
+    for name in (build_demo.DEMO_DIT, "vae.safetensors", "mask_vae.safetensors", "text_encoder.safetensors",
                  "generation.json", "build.json", "evaluation.json", "README.md", "samples.webp",
                  "heldout_prompts.jsonl"):
         assert (out / name).exists(), name

@@ -145,8 +145,10 @@ def test_model_folder_without_alpha_vae_generates_in_vae_mode(tmp_path):
 
     folder = tmp_path / "model"
     folder.mkdir()
-    for name in ("dit.safetensors", "vae.safetensors", "text_encoder.safetensors"):  # the demo model, no alpha VAE
-        (folder / name).symlink_to(demo_model_folder() / name)
+    demo = find_components(demo_model_folder())
+    for name, part in (("dit.safetensors", demo.dit), ("vae.safetensors", demo.vae),  # the demo model, no alpha VAE
+                       ("text_encoder.safetensors", demo.text_encoder)):
+        (folder / name).symlink_to(part)
     paths = find_components(folder)
     assert paths.mask_vae is None
     pipe = load_pipeline(paths)

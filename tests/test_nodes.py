@@ -9,6 +9,7 @@ import torch
 from layert2v_core.checkpoints import load_dit
 from layert2v_core.composite import over_background
 from layert2v_core.layers import LayerSpec
+from layert2v_core.model_folder import find_components
 from layert2v_core.pipeline import LayeredVideo
 from layert2v_core.sampling import partial_flow_sigmas
 from nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS, host
@@ -135,11 +136,18 @@ def test_loaders_offer_the_built_in_demo_after_the_users_files(comfy_folders, mo
     model = node("LayerT2VModelLoader")(BUILTIN, "none", "default", "offload between runs")[0]
     vae = node("LayerT2VVAELoader")(BUILTIN, BUILTIN, "off", 256, 64)[0]
     encoder = node("LayerT2VTextEncoderLoader")(BUILTIN, "default")[0]
-    expected = load_dit(demo / "dit.safetensors", dtype=torch.float32)
+    expected = load_dit(find_components(demo).dit, dtype=torch.float32)
     for name, value in expected.state_dict().items():  # on a CPU 'default' computes in fp32
         assert torch.equal(model.dit.state_dict()[name], value), name
     assert vae.vae.conv1.weight.dtype == torch.float32 and vae.mask_vae is not None
     assert encoder is not None
+    # Apply LayerT2V (the native path) lists the demo too: its LayerAdaLN and routing, from the merged DiT.
+    from layert2v_core.checkpoints import load_adapter
+    from nodes.loaders import _apply_adapter_path
+    assert NODE_CLASS_MAPPINGS["LayerT2VApply"].INPUT_TYPES()["required"]["adapter_name"][0][-1] == BUILTIN
+    adapter = load_adapter(_apply_adapter_path(BUILTIN))
+    assert torch.equal(adapter.tensors["layer_adaln.layer_modulation"], expected.layer_adaln.layer_modulation)
+    assert adapter.lora == {} and adapter.routing_policy == expected.config.routing_policy
     monkeypatch.setattr("nodes.loaders.demo_model_folder", lambda: None)
     with pytest.raises(LayerT2VInputError, match="built-in demo model is missing"):
         node("LayerT2VModelLoader")(BUILTIN, "none", "default", "offload between runs")

@@ -28,7 +28,7 @@ import torch  # noqa: E402
 from layert2v_core.atomic import write_json, writing_folder  # noqa: E402
 from layert2v_core.checkpoints import load_dit, save_dit  # noqa: E402
 from layert2v_core.dit import WanDiT  # noqa: E402
-from layert2v_core.model_folder import GENERATION_FILE  # noqa: E402
+from layert2v_core.model_folder import DEMO_DIT, GENERATION_FILE  # noqa: E402
 from layert2v_core.vae import load_vae, save_vae  # noqa: E402
 from train.cache import build_cache  # noqa: E402
 from train.config import parse_config  # noqa: E402
@@ -243,7 +243,8 @@ def build(out: Path, work: Path, plan: dict, evaluate: bool = True, resume: bool
         write_json(previous, previous_summary(json.loads((out / "evaluation.json").read_text())))
     with writing_folder(out) as staging:  # the model folder is replaced whole, never left half written
         dit = load_dit(work / "stage3" / "final" / "dit.safetensors")
-        save_dit(dit, staging / "dit.safetensors", dtype=torch.float16)  # half the size; loaded in fp32 on CPU
+        (staging / DEMO_DIT).parent.mkdir()
+        save_dit(dit, staging / DEMO_DIT, dtype=torch.float16)  # half the size; loaded in fp32 on CPU
         save_vae(load_vae(parts / "vae.safetensors"), staging / "vae.safetensors", dtype=torch.float16)
         for name in ("mask_vae.safetensors", "text_encoder.safetensors"):
             shutil.copy(parts / name, staging / name)

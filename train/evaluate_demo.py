@@ -34,9 +34,8 @@ from layert2v_core.export import preview  # noqa: E402
 from layert2v_core.layered_latent import decode_videos, encode_videos  # noqa: E402
 from layert2v_core.layers import LayerSpec  # noqa: E402
 from layert2v_core.mask_modes import choose_mask_mode, load_mask_mode  # noqa: E402
-from layert2v_core.model_folder import find_components  # noqa: E402
+from layert2v_core.model_folder import DEMO_DIT, find_components, generation_settings  # noqa: E402
 from layert2v_core.vae import load_vae  # noqa: E402
-from layert2v_core.model_folder import generation_settings  # noqa: E402
 from layert2v_core.video_io import write_animated_webp  # noqa: E402
 from train.synthetic import PALETTE, generate_sample, write_sample  # noqa: E402
 
@@ -165,10 +164,13 @@ def model_card(report: dict, build: dict | None, previews: list[str], sheets: li
         "",
         "| file | what |",
         "| --- | --- |",
-        "| dit.safetensors | Wan2.1-architecture DiT with LayerAdaLN (up to 3 foregrounds), fp16 on disk |",
+        f"| {DEMO_DIT.as_posix()} | Wan2.1-architecture DiT with LayerAdaLN (up to 3 foregrounds), fp16 on disk; "
+        "ComfyUI's Load Diffusion Model reads it too (time embedding 256 wide, text input 4096 wide, 128-wide "
+        "heads) |",
         "| vae.safetensors | Wan2.1-architecture video VAE (trained here), latent statistics in its metadata |",
         "| mask_vae.safetensors | alpha VAE adapter (stage 1) on that VAE |",
-        "| text_encoder.safetensors | umt5 encoder + sentencepiece tokenizer for the synthetic vocabulary (random, frozen) |",
+        "| text_encoder.safetensors | umt5 encoder, 4096 wide as umt5-xxl but 2 tiny layers, + sentencepiece tokenizer "
+        "for the synthetic vocabulary (random, frozen) |",
         "| generation.json | the size and sampling settings it was made for (the CLI's defaults with this model) |",
         f"| {PROMPT_FILE} | the held-out prompts it is evaluated on (`python -m layert2v_core evaluate --prompts`) |",
         "",
