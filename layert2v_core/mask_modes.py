@@ -20,6 +20,7 @@ Every mode gives the interface of MaskVAE, `encode(alpha [B,1,T,H,W] in [0,1])` 
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 from pathlib import Path
@@ -32,7 +33,7 @@ from .dedicated_mask_vae import FILE as DEDICATED_MASK_VAE_FILE, DedicatedMaskVA
 from .dit import RMSNorm
 from .mask_vae import MASK_MODE as VAE_LORA, load_mask_vae
 from .vae import WanVAE
-from .weights import CheckpointError, describe_mismatch, load_torch_file
+from .weights import CheckpointError, describe_mismatch, load_torch_file, open_weights
 
 log = logging.getLogger(__name__)
 
@@ -73,9 +74,10 @@ class PlainVAEMatte(nn.Module):
         _check_alpha(alpha)
         return self.vae.encode((alpha * 2 - 1).expand(-1, 3, -1, -1, -1), tile=tile)
 
-    def decode(self, latent: torch.Tensor, *, tile=None) -> torch.Tensor:
-        rgb = self.vae.decode(latent, tile=tile)  # clamped to [-1, 1]
-        return ((rgb.mean(dim=1, keepdim=True) + 1) / 2).clamp(0, 1)
+    def decode(self, latent: torch.Tensor, *, tile=None, clamp: bool = True) -> torch.Tensor:
+        """clamp=False keeps gradients everywhere (training's matte loss)."""
+        matte = (self.vae.decode(latent, tile=tile, clamp=clamp).mean(dim=1, keepdim=True) + 1) / 2
+        return matte.clamp(0, 1) if clamp else matte
 
 
 class DownsampledMatte(nn.Module):
@@ -92,9 +94,10 @@ class DownsampledMatte(nn.Module):
         small = F.interpolate(alpha.float(), size=latent_size(alpha), mode="trilinear", align_corners=False)
         return (small * 2 - 1).expand(-1, self.channels, -1, -1, -1).contiguous()
 
-    def decode(self, latent: torch.Tensor, *, tile=None) -> torch.Tensor:
+    def decode(self, latent: torch.Tensor, *, tile=None, clamp: bool = True) -> torch.Tensor:
         small = (latent.float().mean(dim=1, keepdim=True) + 1) / 2
-        return F.interpolate(small, size=video_size(latent), mode="trilinear", align_corners=False).clamp(0, 1)
+        matte = F.interpolate(small, size=video_size(latent), mode="trilinear", align_corners=False)
+        return matte.clamp(0, 1) if clamp else matte
 
 
 class MaskEncoder(nn.Module):
@@ -351,6 +354,16 @@ def mode_of_file(path: str | os.PathLike) -> str:
     return VAE_LORA
 
 
+def trained_mask_mode(adapter: str | os.PathLike) -> str | None:
+    """The mask mode one of our adapter files records (the trainer writes it; older adapters have none)."""
+    from .checkpoints import METADATA_KEY
+    path = Path(adapter)
+    if path.suffix != ".safetensors" or not path.is_file():
+        return None
+    mode = json.loads(open_weights(path).metadata.get(METADATA_KEY, "{}")).get("mask_mode")
+    return mode if mode in MASK_MODES else None
+
+
 def choose_mask_mode(mask_file: str | os.PathLike | None = None, adapter: str | os.PathLike | None = None,
                      mode: str | None = None) -> tuple[str, Path | None]:
     """(mode, file) for a model: `mode` if given, else the alpha file's, else the mask_mode of the official run
@@ -374,6 +387,9 @@ def choose_mask_mode(mask_file: str | os.PathLike | None = None, adapter: str | 
             raise FileNotFoundError(f"{run[0]} says mask_mode {mode!r}, which needs {needs[mode]}; none was found "
                                     f"beside the adapter {adapter} or in the model folder; add the file(s) or pass "
                                     f"the alpha VAE explicitly")
+    recorded = trained_mask_mode(adapter) if adapter is not None and folder is None else None
+    if mode is None and file is None and recorded is not None:
+        mode, why = recorded, f"the mask mode adapter {adapter} was trained in"
     if mode is None and file is None and folder is not None and (folder / PROJECTIONS_FILE).is_file():
         mode, why = mode_of_file(folder / PROJECTIONS_FILE), f"{PROJECTIONS_FILE} beside the adapter"
     if mode is None:

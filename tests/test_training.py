@@ -354,3 +354,29 @@ def test_text_dropout_trains_on_the_conditioning_guidance_uses_as_unconditional(
     train(task, cfg)  # the loss runs with it
     with pytest.raises(SystemExit, match="text_dropout"):
         config(world, tmp_path / "bad", "--data", str(world / "single"), "--text-dropout", "1.0")
+
+
+@pytest.mark.parametrize("mode", ["vae", "downsample"])
+def test_stage2_trains_in_a_file_free_mask_mode_and_the_adapter_says_so(world, tmp_path, mode):
+    from layert2v_core.mask_modes import choose_mask_mode, load_mask_mode
+    from train.cache import CachedLayers, build_cache
+    cfg = config(world, tmp_path / "run", "--data", str(world / "single"), "--max-steps", "3", "--mask-mode", mode,
+                 "--lambda-mask", "0.1")
+    task = DiTTask(cfg)
+    assert task.mask_vae.mask_mode == mode
+    spec = LayerSpec(1)
+    batch = first_batch(task)
+    latent, _, _ = task.encode(batch, spec)
+    codec = load_mask_mode(task.vae, mode)
+    with torch.no_grad():
+        expected = codec.encode(batch["alphas"][:, 0].to(latent.dtype))
+    assert torch.allclose(spec.split(latent)["mask1"], expected, atol=1e-6)  # the mattes in that mode's latent
+    final = train(task, cfg)
+    assert choose_mask_mode(adapter=final / "adapter.safetensors")[0] == mode  # generation decodes them alike
+    cache = build_cache(config(world, tmp_path / "c", "--data", str(world / "single"), "--mask-mode", mode),
+                        tmp_path / "cache")
+    other = "downsample" if mode == "vae" else "vae"
+    with pytest.raises(SystemExit, match=f"encoded in the '{mode}' mask mode, but this run trains in '{other}'"):
+        CachedLayers(cache, mask_mode=other)
+    with pytest.raises(SystemExit, match="cannot be trained here"):
+        config(world, tmp_path / "bad", "--data", str(world / "single"), "--mask-mode", "downsample-project")

@@ -23,7 +23,7 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 from layert2v_core.atomic import write_json  # noqa: E402
 from layert2v_core.layered_latent import encode_layers  # noqa: E402
 from layert2v_core.layers import LayerSpec  # noqa: E402
-from layert2v_core.mask_vae import load_mask_vae  # noqa: E402
+from layert2v_core.mask_modes import VAE_LORA, load_mask_mode  # noqa: E402
 from layert2v_core.model_folder import find_components  # noqa: E402
 from layert2v_core.text import encode_layer_prompts, load_text_encoder  # noqa: E402
 from layert2v_core.vae import frozen_vae_dtype, load_vae  # noqa: E402
@@ -39,6 +39,16 @@ def is_cache(path: str | os.PathLike) -> bool:
     return (Path(path) / INDEX).is_file()
 
 
+def mask_parts(cfg) -> tuple[str, ...]:
+    """The files the alpha codec of cfg.mask_mode needs: the stage-1 alpha VAE, or none for vae / downsample."""
+    return ("mask_vae",) if cfg.mask_mode in ("", VAE_LORA) else ()
+
+
+def training_mask_codec(vae, cfg, path) -> torch.nn.Module:
+    """The frozen alpha codec the DiT's mask segments are encoded with (cfg.mask_mode)."""
+    return load_mask_mode(vae, cfg.mask_mode or VAE_LORA, path if mask_parts(cfg) else None).requires_grad_(False)
+
+
 @torch.no_grad()
 def build_cache(cfg, out: str | os.PathLike, shard_size: int = 64, device="cpu") -> Path:
     """Encode every usable sample of cfg.data once; returns the cache folder."""
@@ -46,10 +56,10 @@ def build_cache(cfg, out: str | os.PathLike, shard_size: int = 64, device="cpu")
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    parts = find_components(cfg.model or None, ("vae", "mask_vae", "text_encoder"), vae=cfg.vae or None,
+    parts = find_components(cfg.model or None, ("vae", *mask_parts(cfg), "text_encoder"), vae=cfg.vae or None,
                             mask_vae=cfg.mask_vae or None, text_encoder=cfg.text_encoder or None)
     vae = load_vae(parts.vae, dtype=frozen_vae_dtype(device), device=device)
-    mask_vae = load_mask_vae(vae, parts.mask_vae)
+    mask_vae = training_mask_codec(vae, cfg, parts.mask_vae)
     text = load_text_encoder(parts.text_encoder, device=device)
     dataset = LayeredVideoDataset(cfg.data, cfg.frames, cfg.height, cfg.width, cfg.frame_sampling, cfg.seed,
                                   cfg.max_foregrounds)
@@ -84,7 +94,8 @@ def build_cache(cfg, out: str | os.PathLike, shard_size: int = 64, device="cpu")
     write_json(out / INDEX, {
         "format": FORMAT, "samples": entries, "frames": cfg.frames, "height": cfg.height, "width": cfg.width,
         "skipped": dict(dataset.skipped),
-        "encoders": {"vae": file_hash(parts.vae), "mask_vae": file_hash(parts.mask_vae),
+        "mask_mode": mask_vae.mask_mode,
+        "encoders": {"vae": file_hash(parts.vae), "mask_vae": file_hash(parts.mask_vae) if mask_parts(cfg) else None,
                      "text_encoder": file_hash(parts.text_encoder)}})
     return out
 
@@ -92,11 +103,16 @@ def build_cache(cfg, out: str | os.PathLike, shard_size: int = 64, device="cpu")
 class CachedLayers(torch.utils.data.Dataset):
     """A cache folder as a dataset; items carry 'latent', 'alphas', 'context', 'prompt_lens', 'id'."""
 
-    def __init__(self, folder: str | os.PathLike, max_foregrounds: int = 3):
+    def __init__(self, folder: str | os.PathLike, max_foregrounds: int = 3, mask_mode: str | None = None):
         self.folder = Path(folder)
         index = json.loads((self.folder / INDEX).read_text())
         if index.get("format") != FORMAT:
             raise SystemExit(f"{self.folder} is not a training cache made by train/cache.py")
+        cached_mode = index.get("mask_mode", VAE_LORA)  # caches written before the modes: the alpha VAE's
+        if mask_mode is not None and cached_mode != mask_mode:
+            raise SystemExit(f"{self.folder} holds mattes encoded in the '{cached_mode}' mask mode, but this run "
+                             f"trains in '{mask_mode}'; rebuild the cache with --mask-mode {mask_mode} or train "
+                             f"with --mask-mode {cached_mode}")
         self.frames, self.height, self.width = index["frames"], index["height"], index["width"]
         self.samples = [s for s in index["samples"] if s["num_foregrounds"] <= max_foregrounds]
         if not self.samples:

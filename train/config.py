@@ -29,6 +29,7 @@ class TrainConfig:
     dit: str = ""                       # the Wan2.1 DiT (file or folder)
     vae: str = ""                       # the Wan2.1 VAE
     mask_vae: str = ""                  # stage 2/3: the stage-1 result
+    mask_mode: str = ""                 # stage 2/3 alpha codec, kept frozen: "" = mask_vae's (vae-lora), vae, downsample
     text_encoder: str = ""              # umt5 (not needed with a cache folder)
     adapter: str = ""                   # stage 3: the stage-2 adapter to continue from
     routing_policy: str = "paper"       # paper, official or shared
@@ -90,6 +91,10 @@ class TrainConfig:
             problems.append(f"rope must be 3d or 4d, got {self.rope!r}")
         if self.mixed_precision not in ("no", "bf16", "fp16"):
             problems.append(f"mixed_precision must be no, bf16 or fp16, got {self.mixed_precision!r}")
+        if self.mask_mode not in FROZEN_MASK_MODES:
+            problems.append(f"mask_mode {self.mask_mode!r} cannot be trained here: this trainer keeps the alpha codec "
+                            f"frozen, which the official code does for {list(FROZEN_MASK_MODES[1:])} (the others "
+                            f"train their codec with the DiT)")
         if not 0.0 <= self.text_dropout < 1.0:
             problems.append(f"text_dropout must be in [0, 1), got {self.text_dropout}")
         for name in ("batch_size", "grad_accum", "max_steps", "save_every", "log_every", "keep_last"):
@@ -97,6 +102,10 @@ class TrainConfig:
                 problems.append(f"{name} must be >= 1, got {getattr(self, name)}")
         if problems:
             raise SystemExit("bad training configuration: " + "; ".join(problems))
+
+
+# The official mask modes whose codec stays fixed while the DiT trains ("" = the alpha VAE file's, vae-lora).
+FROZEN_MASK_MODES = ("", "vae-lora", "vae", "downsample")
 
 
 def _option_type(annotation):

@@ -15,12 +15,11 @@ import torch.nn.functional as F
 from layert2v_core.checkpoints import load_adapter, load_dit, save_dit, save_dit_adapter
 from layert2v_core.layered_latent import encode_layers
 from layert2v_core.layers import LayerSpec
-from layert2v_core.mask_vae import load_mask_vae
 from layert2v_core.model_folder import find_components
 from layert2v_core.text import batch_layered_contexts, encode_layer_prompts, load_text_encoder, negative_prompt
 from layert2v_core.vae import frozen_vae_dtype, load_vae
 
-from .cache import CachedLayers, collate_cached, is_cache
+from .cache import CachedLayers, collate_cached, is_cache, mask_parts, training_mask_codec
 from .config import TrainConfig
 from .data import LayeredVideoDataset, collate_layered, layer_videos
 from .losses import (consistency_loss, downsample_mask, flow_matching_loss, mask_reconstruction_loss, noisy_latent,
@@ -73,7 +72,7 @@ class DiTTask:
     def __init__(self, cfg: TrainConfig, device: torch.device | str = "cpu"):
         self.cfg = cfg
         cached = is_cache(cfg.data)  # precomputed latents and T5 outputs: no text encoder needed
-        needed = ("dit", "vae", "mask_vae") + (() if cached and not cfg.text_dropout else ("text_encoder",))
+        needed = ("dit", "vae", *mask_parts(cfg)) + (() if cached and not cfg.text_dropout else ("text_encoder",))
         parts = find_components(cfg.model or None, needed, dit=cfg.dit or None, vae=cfg.vae or None,
                                 mask_vae=cfg.mask_vae or None, text_encoder=cfg.text_encoder or None)
         dtype = torch.bfloat16 if cfg.mixed_precision == "bf16" else torch.float32
@@ -82,7 +81,7 @@ class DiTTask:
         self.dit.extend_layer_categories(cfg.max_foregrounds)
         self.dit.gradient_checkpointing = cfg.gradient_checkpointing
         self.vae = load_vae(parts.vae, dtype=frozen_vae_dtype(device), device=device)
-        self.mask_vae = load_mask_vae(self.vae, parts.mask_vae).requires_grad_(False)
+        self.mask_vae = training_mask_codec(self.vae, cfg, parts.mask_vae)
         self.text = None if cached else load_text_encoder(parts.text_encoder, device=device)
         self.negative = None  # the negative prompt's tokens, encoded once, when some samples train without text
         if cfg.text_dropout > 0:
@@ -97,7 +96,8 @@ class DiTTask:
         if not cfg.layer_adaln:  # no per-layer modulation: every segment is told apart by its position alone
             self.dit.layer_adaln.layer_modulation.requires_grad_(False).zero_()
         if cached:
-            self.dataset, self.collate = CachedLayers(cfg.data, cfg.max_foregrounds), collate_cached
+            self.dataset = CachedLayers(cfg.data, cfg.max_foregrounds, self.mask_vae.mask_mode)
+            self.collate = collate_cached
         else:
             self.dataset = LayeredVideoDataset(cfg.data, cfg.frames, cfg.height, cfg.width, cfg.frame_sampling,
                                                cfg.seed, cfg.max_foregrounds)
@@ -181,7 +181,8 @@ class DiTTask:
         adapter = folder / "adapter.safetensors"
         save_dit_adapter(self.dit, lora_pairs(values), adapter, self.cfg.lora_alpha,
                          layer_modulation=values[LAYER_ADALN],
-                         extra={"stage": self.name, "max_foregrounds": self.cfg.max_foregrounds})
+                         extra={"stage": self.name, "max_foregrounds": self.cfg.max_foregrounds,
+                                "mask_mode": self.mask_vae.mask_mode})
         written = [adapter]
         if self.cfg.export_merged:
             merged = load_dit(self.base_path, dtype=torch.float32, adapter=adapter)
