@@ -1,12 +1,14 @@
 """Native path vs our own, in a running ComfyUI server: velocity and a sampled result on the same weights.
 
-    python tests/comfy_native_parity.py --comfy path/to/ComfyUI --server http://127.0.0.1:8188
+    python tests/comfy_native_parity.py --comfy path/to/ComfyUI --server http://127.0.0.1:8188 [--demo] [--vae]
 
 Writes tiny models into the server's models folder (tests/comfy_models.populate_native_models), then runs one
 graph holding both paths on the same prompts, noise and sigmas:
 - native: Load Diffusion Model -> Apply LayerT2V -> CFGGuider -> SamplerCustomAdvanced (euler);
 - ours:   Load LayerT2V Model (same file + adapter) -> Layered Sampler (euler, the same SIGMAS).
-Velocity is compared through a one-step run (v = (x - out) / sigma), the sampled result through a full run. With
+Velocity is compared through a one-step run (v = (x - out) / sigma), the sampled result through a full run; --demo
+repeats both with the built-in demo model (its DiT through Load Diffusion Model). A kept background (Encode Layers'
+noise mask) is held by SamplerCustomAdvanced and KSampler and sampled as the Layered Sampler does. With
 --vae, a random Wan2.1-size VAE (which ComfyUI's Load VAE reads) decodes a sampled latent twice: through ComfyUI's
 Load VAE + LayerT2V Alpha VAE and through Load LayerT2V VAE on the same file; the saved frames must be identical. Both
 paths run fp32 on the CPU; ComfyUI's sinusoid is float32 where ours is float64 and its CPU attention is another
@@ -27,6 +29,7 @@ from safetensors.torch import load_file
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from layert2v_core.model_folder import DEMO_DIT, DEMO_MODEL_LABEL as BUILTIN  # noqa: E402
 from tests.comfy_models import (NATIVE_ADAPTER, NATIVE_ALPHA_VAE, NATIVE_DIT, NATIVE_TEXT_ENCODER, NATIVE_VAE,  # noqa
                                 populate_native_models)
 
@@ -37,15 +40,25 @@ PROMPTS = dict(num_foregrounds=2, full_prompt="a red circle moves right and a wh
                foreground_3="", negative_prompt="")
 
 
-def parity_graph(steps: int, prefix: str) -> dict:
+# The built-in demo on both paths: Load Diffusion Model lists its DiT, Apply LayerT2V takes its LayerAdaLN.
+DEMO = dict(unet=DEMO_DIT.name, apply=BUILTIN, ours=(BUILTIN, "none"), text_encoder=BUILTIN, size=(64, 17),
+            prompts={**PROMPTS, "full_prompt": "a red star moves right and a white circle moves up over a blue striped "
+                     "background", "background_prompt": "a blue striped background", "foreground_1": "a red star",
+                     "foreground_2": "a white circle"})
+TINY = dict(unet=NATIVE_DIT, apply=NATIVE_ADAPTER, ours=(NATIVE_DIT, NATIVE_ADAPTER), text_encoder=NATIVE_TEXT_ENCODER,
+            size=(32, 5), prompts=PROMPTS)
+
+
+def parity_graph(steps: int, prefix: str, model: dict = TINY) -> dict:
+    side, frames = model["size"]
     return {
-        "1": {"class_type": "UNETLoader", "inputs": {"unet_name": NATIVE_DIT, "weight_dtype": "default"}},
-        "2": {"class_type": "LayerT2VApply", "inputs": {"model": ["1", 0], "adapter_name": NATIVE_ADAPTER,
+        "1": {"class_type": "UNETLoader", "inputs": {"unet_name": model["unet"], "weight_dtype": "default"}},
+        "2": {"class_type": "LayerT2VApply", "inputs": {"model": ["1", 0], "adapter_name": model["apply"],
                                                         "strength": 1.0, "routing": "checkpoint"}},
-        "3": {"class_type": "LayerT2VTextEncoderLoader", "inputs": {"text_encoder_name": NATIVE_TEXT_ENCODER,
+        "3": {"class_type": "LayerT2VTextEncoderLoader", "inputs": {"text_encoder_name": model["text_encoder"],
                                                                     "dtype": "default"}},
-        "4": {"class_type": "LayerT2VTextEncode", "inputs": {**PROMPTS, "text_encoder": ["3", 0]}},
-        "5": {"class_type": "LayerT2VEmptyLatent", "inputs": {"width": 32, "height": 32, "frames": 5,
+        "4": {"class_type": "LayerT2VTextEncode", "inputs": {**model["prompts"], "text_encoder": ["3", 0]}},
+        "5": {"class_type": "LayerT2VEmptyLatent", "inputs": {"width": side, "height": side, "frames": frames,
                                                               "num_foregrounds": 2}},
         "6": {"class_type": "LayerT2VScheduler", "inputs": {"scheduler": "wan", "steps": steps, "shift": SHIFT,
                                                             "denoise": 1.0}},
@@ -57,7 +70,8 @@ def parity_graph(steps: int, prefix: str) -> dict:
                                                                  "sampler": ["7", 0], "sigmas": ["6", 0],
                                                                  "latent_image": ["5", 0]}},
         "11": {"class_type": "SaveLatent", "inputs": {"samples": ["10", 0], "filename_prefix": f"{prefix}/native"}},
-        "21": {"class_type": "LayerT2VModelLoader", "inputs": {"model_name": NATIVE_DIT, "adapter_name": NATIVE_ADAPTER,
+        "21": {"class_type": "LayerT2VModelLoader", "inputs": {"model_name": model["ours"][0],
+                                                               "adapter_name": model["ours"][1],
                                                                "weight_dtype": "default",
                                                                "offload": "offload between runs"}},
         "22": {"class_type": "LayerT2VSampler", "inputs": {"model": ["21", 0], "conditioning": ["4", 0],
@@ -146,14 +160,19 @@ def main() -> None:
     parser.add_argument("--server", default="http://127.0.0.1:8188")
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--vae", action="store_true", help="also decode through ComfyUI's own Load VAE")
+    parser.add_argument("--demo", action="store_true", help="also the built-in demo model on both paths")
     args = parser.parse_args()
     populate_native_models(args.comfy / "models")
     from layert2v_core.sampling import partial_flow_sigmas, seeded_noise
 
     failed = False
-    for steps, what in ((1, "velocity"), (args.steps, f"sampled result, {args.steps} euler steps")):
-        prefix = f"layert2v_parity_{steps}"
-        seconds = run(args.server, parity_graph(steps, prefix))
+    cases = [(TINY, steps, what) for steps, what in ((1, "velocity"), (args.steps, f"sampled result, "
+                                                                                   f"{args.steps} euler steps"))]
+    if args.demo:
+        cases += [(DEMO, steps, f"built-in demo, {what}") for _, steps, what in cases]
+    for model, steps, what in cases:
+        prefix = f"layert2v_parity_{'demo_' if model is DEMO else ''}{steps}"
+        seconds = run(args.server, parity_graph(steps, prefix, model))
         folder = args.comfy / "output" / prefix
         native, ours = latest(folder, "native"), latest(folder, "ours")
         if steps == 1:  # out = x - sigma * v with x = sigma * noise (an empty latent)
