@@ -63,7 +63,7 @@ from train.vae_task import VAETask  # noqa: E402
 FULL = dict(frames=17, size=64, single=600, multi=400, text_dim=4096,
             text_encoder=dict(layers=2, heads=2, d_kv=8, d_ff=32), vae_width=8, vae_foreground_weight=20.0,
             vae_temporal_weight=2.0, vae_image_steps=800, vae_image_batch=16, vae_steps=1000, vae_batch=2,
-            vae_lr=2e-3, vae_clip_lr=3e-4, mask_steps=200, stage2_steps=9000, stage3_steps=3000, lambda_mask=0.0,
+            vae_lr=2e-3, vae_clip_lr=3e-4, mask_steps=200, stage2_steps=9000, stage3_steps=2000, lambda_mask=0.0,
             batch=8, text_dropout=0.1,
             dit=dict(dim=128, ffn_dim=512, num_heads=1, num_layers=4, freq_dim=256),
             eval=dict(seeds=24, two_fg_seeds=12, steps=25), fps=8.0)
@@ -257,7 +257,9 @@ def build(out: Path, work: Path, plan: dict, evaluate: bool = True, resume: bool
         seconds = phases.record["seconds"]
         record = {"plan": plan, "seconds": seconds, "total_seconds": round(sum(seconds.values()), 1),
                   "command": "python train/build_demo.py " + " ".join(sys.argv[1:]),
-                  "torch": torch.__version__, "threads": torch.get_num_threads()}
+                  "torch": torch.__version__, "threads": torch.get_num_threads(),
+                  # how the phases came about when a build took more than one plan or sitting
+                  **{k: phases.record[k] for k in ("replanned", "sittings") if phases.record.get(k)}}
         write_json(staging / "build.json", record)
     if evaluate:
         evaluate_and_write_card(out, work / "evaluation", frames=plan["frames"], size=plan["size"], fps=plan["fps"],

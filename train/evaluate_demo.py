@@ -191,10 +191,14 @@ def model_card(report: dict, build: dict | None, previews: list[str], sheets: li
             f"{plan['vae_clip_lr']}; L1 with foreground pixels weighted 1 + {plan['vae_foreground_weight']}·alpha, "
             f"plus {plan.get('vae_temporal_weight', 0)} x the same L1 on frame-to-frame differences (clips). "
             f"Stage 1 (alpha VAE): {plan['mask_steps']} steps",
-            f"- DiT: {plan['dit']}, text dim {plan['text_dim']}; stage 2 (full weights, single foreground): "
-            f"{plan['stage2_steps']} steps; stage 3 (up to 3 foregrounds): {plan['stage3_steps']} steps; "
-            f"batch {plan['batch']}; lambda_mask {plan['lambda_mask']} (see train/build_demo.py)",
+            f"- DiT: {plan['dit']}, text dim {plan['text_dim']} (umt5 {plan.get('text_encoder', {})}); stage 2 "
+            f"(full weights, single foreground): {plan['stage2_steps']} steps; stage 3 (up to 3 foregrounds): "
+            f"{plan['stage3_steps']} steps; batch {plan['batch']}; lambda_mask {plan['lambda_mask']}; "
+            f"{plan.get('text_dropout', 0):g} of the samples on the negative prompt (see train/build_demo.py)",
             "- seconds per phase of the build: " + ", ".join(f"{k} {v}" for k, v in build["seconds"].items()),
+            *[f"- the plan changed ({', '.join(r['changed'])}) and the build ran again: {', '.join(r['rerun'])}; the "
+              f"phases before them were kept" for r in build.get("replanned", [])],
+            *[f"- {note}" for note in build.get("sittings", [])],
             "",
         ]
     s = report["sampling"]
