@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Iterator
 
 import torch
@@ -42,6 +43,7 @@ class LoadedModel:
     dit: torch.nn.Module
     offload: str
     name: str
+    adapter: Path | None = None  # the adapter file or official checkpoint folder it was loaded with
 
 
 @dataclass

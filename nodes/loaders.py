@@ -5,7 +5,7 @@ from pathlib import Path
 
 from layert2v_core.checkpoints import load_dit
 from layert2v_core.dit import ROPE_MODES
-from layert2v_core.mask_modes import load_mask_mode
+from layert2v_core.mask_modes import choose_mask_mode, load_mask_mode
 from layert2v_core.model_folder import DEMO_MODEL_LABEL, DEMO_MODEL_NAME, demo_model_folder, find_components
 from layert2v_core.text import load_text_encoder
 from layert2v_core.vae import load_vae
@@ -20,6 +20,8 @@ NONE = "none"
 FILELESS_MASK_MODES = {"none: plain Wan VAE (official 'vae' mode)": "vae",
                        "none: downsampled (official 'downsample' mode)": "downsample"}
 AUTO = "auto"
+# The alpha VAE of an official run, found beside the adapter of the model connected to the VAE loader.
+BESIDE_ADAPTER = "auto: the mask files beside the model's adapter"
 ROPE_CHOICES = [AUTO, *ROPE_MODES]
 # The embedded demo model's entry in every loader list, so the example workflows run with no downloads.
 BUILTIN = DEMO_MODEL_LABEL
@@ -51,7 +53,7 @@ def _alpha_choices() -> list[str]:
     """Alpha VAE files, then the modes that need no file, then the built-in demo's (still last)."""
     files = _choices(host.ADAPTER_KIND, "vae")
     builtin = files[-1:] if files[-1:] == [BUILTIN] else []
-    return files[:len(files) - len(builtin)] + list(FILELESS_MASK_MODES) + builtin
+    return files[:len(files) - len(builtin)] + [BESIDE_ADAPTER, *FILELESS_MASK_MODES] + builtin
 
 
 def _adapter_choices() -> list[str]:
@@ -119,7 +121,7 @@ class LayerT2VModelLoader:
                 raise ValueError(f"rope must be one of {ROPE_CHOICES}, got {rope!r}")
             dit = load_dit(path, dtype=DTYPES[weight_dtype] or host.default_dtype(), device=host.offload_device(),
                            adapter=adapter, rope=None if rope in (None, AUTO) else rope)
-        return (LoadedModel(dit, offload, model_name),)
+        return (LoadedModel(dit, offload, model_name, adapter),)
 
 
 class LayerT2VVAELoader:
@@ -137,7 +139,8 @@ class LayerT2VVAELoader:
                            "'downsample-project' mode; its mask_vae.pt (with mask_vae_projects.pt beside it): the "
                            "'mask-vae-project' / 'mask-vae-joint' modes (a mask-vae-project run saves no "
                            "mask_vae.pt: put its stage-1 file there). 'none: ...': the official modes that need no "
-                           "file."}),
+                           f"file. '{BESIDE_ADAPTER}': what an official run keeps beside the adapter of the model "
+                           "connected below (its config.yaml's mask_mode, else its files, else the plain Wan VAE)."}),
             "tiling": (["off", "on"], {
                 "default": "off",
                 "tooltip": "Encode/decode in overlapping spatial tiles to bound VRAM (slightly slower; seams are "
@@ -147,6 +150,9 @@ class LayerT2VVAELoader:
             "tile_overlap": ("INT", {"default": 64, "min": 0, "max": 2048, "step": 8,
                                      "tooltip": "Overlap between tiles in pixels (multiple of 8, below the tile "
                                                 "size)."}),
+        }, "optional": {
+            "model": (MODEL, {"tooltip": f"Only for '{BESIDE_ADAPTER}': the Load LayerT2V Model whose official "
+                                         "adapter folder holds the mask files."}),
         }}
 
     RETURN_TYPES = (VAE,)
@@ -156,12 +162,21 @@ class LayerT2VVAELoader:
     CATEGORY = CATEGORY
     DESCRIPTION = "Loads the Wan2.1 video VAE and the LayerT2V alpha-matte VAE on top of it."
 
-    def load(self, vae_name: str, alpha_vae_name: str, tiling: str, tile_size: int, tile_overlap: int):
+    def load(self, vae_name: str, alpha_vae_name: str, tiling: str, tile_size: int, tile_overlap: int,
+             model: LoadedModel | None = None):
         with readable_errors("Load LayerT2V VAE"):
+            if alpha_vae_name == BESIDE_ADAPTER and (model is None or model.adapter is None):
+                raise ValueError(f"'{BESIDE_ADAPTER}' reads the adapter of a Load LayerT2V Model: connect its model "
+                                 f"output (with an adapter picked) to 'model', or pick the alpha VAE file here")
             tile = Tiling(tile_size, tile_overlap) if tiling == "on" else None
             vae = load_vae(_model_file(vae_name, "vae", "vae"), dtype=host.default_dtype(),
                            device=host.offload_device())
-            mask_vae = alpha_vae(vae, alpha_vae_name)
+            if alpha_vae_name == BESIDE_ADAPTER:
+                beside = find_components(None, required=(), adapter=model.adapter)
+                mode, file = choose_mask_mode(beside.mask_vae, beside.adapter)
+                mask_vae = load_mask_mode(vae, mode, file, adapter=beside.adapter)
+            else:
+                mask_vae = alpha_vae(vae, alpha_vae_name)
         return (LoadedVAE(vae, mask_vae, tile),)
 
 

@@ -208,6 +208,30 @@ def test_comfy_graph_runs_with_official_mask_modes(alpha, comfy_folders):
     assert mask.shape == (frames, height, width) and 0 <= mask.min() <= mask.max() <= 1
 
 
+def test_vae_loader_picks_the_mask_files_beside_the_models_adapter(comfy_folders):
+    """'auto' in Load LayerT2V VAE: an official run's mask files (and config.yaml) beside the connected model's
+    adapter, found as the CLI finds them in a model folder."""
+    from nodes import NODE_CLASS_MAPPINGS
+    from nodes.common import LayerT2VInputError, LoadedModel
+    from nodes.loaders import BESIDE_ADAPTER, BUILTIN
+
+    run = comfy_folders[0] / "layert2v" / "official_auto_run"
+    run.mkdir(exist_ok=True)
+    loader = NODE_CLASS_MAPPINGS["LayerT2VVAELoader"]()
+    assert BESIDE_ADAPTER in loader.INPUT_TYPES()["required"]["alpha_vae_name"][0]
+    model = LoadedModel(None, "keep on GPU", "x", run)
+    (run / "config.yaml").write_text("mask_mode: downsample\n")  # a run whose mode needs no file says so
+    assert loader.load(BUILTIN, BESIDE_ADAPTER, "off", 256, 64, model)[0].mask_vae.mask_mode == "downsample"
+    (run / "config.yaml").unlink()
+    encoder, decoder = _official_state(hidden=4, channels=16)
+    torch.save(encoder, run / "mask_encoder.pt")
+    torch.save(decoder, run / "mask_decoder.pt")
+    vae = loader.load(BUILTIN, BESIDE_ADAPTER, "off", 256, 64, model)[0]
+    assert vae.mask_vae.mask_mode == "downsample-project"
+    with pytest.raises(LayerT2VInputError, match="connect its model output"):
+        loader.load(BUILTIN, BESIDE_ADAPTER, "off", 256, 64)
+
+
 def _projection_state(channels=16, hidden=8, seed=5):
     """Random official mask_vae_projects.pt contents: per-position gated MLPs, project_in with its affine."""
     g = torch.Generator().manual_seed(seed)
