@@ -23,8 +23,8 @@ FAST = {DEMO: {"LayerT2VSampler": {"steps": 3}},
                 "EmptyImage": {"width": 24, "height": 20}}}
 GRAPHS = [pytest.param(profile, name, id=f"{profile.folder or 'demo'}-{name}") for profile in PROFILES
           for name in WORKFLOWS]
-# Every shipped graph, the native ones included (those need ComfyUI's own Wan nodes to run; see
-# tests/comfy_native_parity.py for the native path in a real server).
+# Every shipped graph, the native ones included (those need ComfyUI's own Wan nodes to run: in a real server,
+# tests/comfy_native_parity.py and workflows/check_in_browser.py).
 ALL_GRAPHS = [pytest.param(profile, name, id=f"{profile.folder or 'demo'}-{name}") for profile in PROFILES
               for name in workflows_of(profile)]
 
@@ -198,13 +198,13 @@ def test_workflow_files_match_their_definition():
         assert path.is_file(), f"{relative} is missing; run python workflows/build.py"
         assert path.read_text(encoding="utf-8") == text, f"{relative} is stale; run python workflows/build.py"
     listed = {p.name for p in (ROOT / "example_workflows").glob("*.json")}
-    assert listed == {f"{TEMPLATE_TITLES[name]}.json" for name in WORKFLOWS}
+    assert listed == {f"{TEMPLATE_TITLES[name]}.json" for name in workflows_of(DEMO)}
 
 
 def test_every_template_has_a_thumbnail_from_a_real_output():
     """example_workflows/<title>.jpg for each template (made by workflows/thumbnails.py from the graph's outputs)."""
     from PIL import Image
-    for name in WORKFLOWS:
+    for name in workflows_of(DEMO):
         path = ROOT / "example_workflows" / f"{TEMPLATE_TITLES[name]}.jpg"
         assert path.is_file(), f"{path.name} is missing; run python workflows/thumbnails.py"
         with Image.open(path) as image:

@@ -21,7 +21,8 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # run as a script
     sys.path.insert(0, str(ROOT))
 
-from layert2v_core.model_folder import DEMO_MODEL_LABEL as BUILTIN, demo_model_folder, generation_settings  # noqa: E402
+from layert2v_core.model_folder import (DEMO_DIT, DEMO_MODEL_LABEL as BUILTIN, demo_model_folder,  # noqa: E402
+                                       generation_settings)
 
 # The real-weights files as ComfyUI users name them; the tests put tiny models under these names.
 DIT = "wan2.1_t2v_1.3B_fp16.safetensors"
@@ -50,7 +51,9 @@ if not _demo:
     raise SystemExit("models/layert2v-tiny/generation.json is missing: run python train/build_demo.py")
 DEMO = Profile(
     folder="", files={"model_name": BUILTIN, "adapter_name": "none", "vae_name": BUILTIN,
-                      "alpha_vae_name": BUILTIN, "text_encoder_name": BUILTIN},
+                      "alpha_vae_name": BUILTIN, "text_encoder_name": BUILTIN,
+                      # the native path: Load Diffusion Model lists the demo's DiT, Apply LayerT2V its LayerAdaLN
+                      "unet_name": DEMO_DIT.name, "apply_adapter_name": BUILTIN},
     size=(_demo["width"], _demo["height"], _demo["frames"]),
     sampling={"steps": _demo["steps"], "cfg": _demo["cfg"], "shift": _demo["shift"]}, fps=_demo["fps"], prompts={
         "text_to_layers": [("a red star moves right over a blue striped background", "a blue striped background",
@@ -68,7 +71,7 @@ DEMO = Profile(
 # Wan2.1 T2V 1.3B with a LayerT2V adapter: the files to download are listed in the README.
 WAN21 = Profile(
     folder="wan21", files={"model_name": DIT, "adapter_name": ADAPTER, "vae_name": VAE, "alpha_vae_name": ALPHA_VAE,
-                           "text_encoder_name": TEXT_ENCODER},
+                           "text_encoder_name": TEXT_ENCODER, "unet_name": DIT, "apply_adapter_name": ADAPTER},
     size=(672, 384, 41), sampling={"steps": 30, "cfg": 5.0, "shift": 5.0}, fps=16.0, prompts={
         "text_to_layers": [("a red fox trotting across a snowy meadow at sunrise", "a snowy meadow at sunrise",
                             ["a red fox trotting"])],
@@ -92,7 +95,7 @@ CORE_NODES = {
                                     ("method", ["default", "fastest", "slowest"], {})], "outputs": []},
     "JoinImageWithAlpha": {"inputs": [("image", "IMAGE", None), ("alpha", "MASK", None)], "outputs": ["IMAGE"]},
     # The native path: ComfyUI's own Wan2.1 loaders and sampler (combo lists hold the values the graphs use).
-    "UNETLoader": {"inputs": [("unet_name", [DIT], {}),
+    "UNETLoader": {"inputs": [("unet_name", [DIT, DEMO_DIT.name], {}),
                               ("weight_dtype", ["default", "fp8_e4m3fn", "fp8_e4m3fn_fast", "fp8_e5m2"], {})],
                    "outputs": ["MODEL"]},
     "CLIPLoader": {"inputs": [("clip_name", [TEXT_ENCODER], {}), ("type", ["wan"], {}),
@@ -214,35 +217,44 @@ def new_background_kept_foreground(p: Profile) -> dict:
 
 
 def _native(p: Profile, prompts: tuple, seed: int, prefix: str) -> dict:
-    """ComfyUI's own Wan2.1 stack (Load Diffusion Model, Load CLIP, KSampler, Load VAE) with Apply LayerT2V in front
-    and the alpha VAE on top of the loaded VAE."""
+    """ComfyUI's own Wan2.1 model and sampler (Load Diffusion Model, KSampler) with Apply LayerT2V in front. Wan2.1's
+    text encoder and VAE come from ComfyUI's loaders too (Load CLIP, Load VAE + the alpha VAE on top); the demo's
+    tiny ones from ours, as ComfyUI builds those parts at Wan's own widths (umt5-xxl, VAE 96)."""
     full, bg, fgs = prompts
     n = len(fgs)
     width, height, frames = p.size
-    return {
-        "1": {"class_type": "UNETLoader", "inputs": {"unet_name": p.files["model_name"], "weight_dtype": "default"}},
-        "2": {"class_type": "LayerT2VApply", "inputs": {"model": ["1", 0], "adapter_name": p.files["adapter_name"],
+    own_parts = p is DEMO
+    graph = {
+        "1": {"class_type": "UNETLoader", "inputs": {"unet_name": p.files["unet_name"], "weight_dtype": "default"}},
+        "2": {"class_type": "LayerT2VApply", "inputs": {"model": ["1", 0], "adapter_name": p.files["apply_adapter_name"],
                                                         "strength": 1.0, "routing": "checkpoint"}},
         "3": {"class_type": "ModelSamplingSD3", "inputs": {"model": ["2", 0], "shift": p.sampling["shift"]}},
-        "4": {"class_type": "CLIPLoader", "inputs": {"clip_name": p.files["text_encoder_name"], "type": "wan",
-                                                     "device": "default"}},
+        "4": ({"class_type": "LayerT2VTextEncoderLoader", "inputs": {"text_encoder_name": p.files["text_encoder_name"],
+                                                                     "dtype": "default"}} if own_parts else
+              {"class_type": "CLIPLoader", "inputs": {"clip_name": p.files["text_encoder_name"], "type": "wan",
+                                                      "device": "default"}}),
         "5": {"class_type": "LayerT2VTextEncode",
               "inputs": {"num_foregrounds": n, "full_prompt": full, "background_prompt": bg,
                          "foreground_1": fgs[0], "foreground_2": fgs[1] if n > 1 else "",
-                         "foreground_3": fgs[2] if n > 2 else "", "negative_prompt": "", "clip": ["4", 0]}},
+                         "foreground_3": fgs[2] if n > 2 else "", "negative_prompt": "",
+                         "text_encoder" if own_parts else "clip": ["4", 0]}},
         "6": {"class_type": "LayerT2VEmptyLatent",
               "inputs": {"width": width, "height": height, "frames": frames, "num_foregrounds": n}},
         "7": {"class_type": "KSampler",
               "inputs": {"model": ["3", 0], "seed": seed, "steps": p.sampling["steps"], "cfg": p.sampling["cfg"],
                          "sampler_name": "uni_pc", "scheduler": "simple", "positive": ["5", 1],
                          "negative": ["5", 2], "latent_image": ["6", 0], "denoise": 1.0}},
-        "8": {"class_type": "VAELoader", "inputs": {"vae_name": p.files["vae_name"]}},
-        "9": {"class_type": "LayerT2VAlphaVAE",
-              "inputs": {"vae": ["8", 0], "alpha_vae_name": p.files["alpha_vae_name"]}},
-        "10": {"class_type": "LayerT2VDecodeLayers", "inputs": {"vae": ["9", 0], "latent": ["7", 0],
-                                                               "foreground_index": 1}},
+        **({"8": {"class_type": "LayerT2VVAELoader",
+                  "inputs": {"vae_name": p.files["vae_name"], "alpha_vae_name": p.files["alpha_vae_name"],
+                             "tiling": "off", "tile_size": 256, "tile_overlap": 64}}} if own_parts else
+           {"8": {"class_type": "VAELoader", "inputs": {"vae_name": p.files["vae_name"]}},
+            "9": {"class_type": "LayerT2VAlphaVAE",
+                  "inputs": {"vae": ["8", 0], "alpha_vae_name": p.files["alpha_vae_name"]}}}),
+        "10": {"class_type": "LayerT2VDecodeLayers", "inputs": {"vae": ["8" if own_parts else "9", 0],
+                                                               "latent": ["7", 0], "foreground_index": 1}},
         **_save_layers(p, "11", ["10", 5], f"LayerT2V/{prefix}"),
     }
+    return graph
 
 
 def native_text_to_layers(p: Profile) -> dict:
@@ -268,9 +280,10 @@ TEMPLATE_TITLES = {
     "layert2v_two_foregrounds": "LayerT2V two foregrounds with alpha",
     "layert2v_background_replacement": "LayerT2V background replacement",
     "layert2v_new_background_kept_foreground": "LayerT2V new background behind a kept foreground",
+    "layert2v_native_text_to_layers": "LayerT2V on the native Wan stack - text to layers with alpha",
+    "layert2v_native_two_foregrounds": "LayerT2V on the native Wan stack - two foregrounds",
 }
-# On ComfyUI's own Wan stack: Wan2.1 files only. ComfyUI builds every Wan2.1 part at Wan's widths (VAE 96, umt5-xxl,
-# time embedding 256; only the heads come from the file, as dim / 128), and the demo's parts are tiny.
+# On ComfyUI's own Wan stack (Load Diffusion Model -> Apply LayerT2V -> KSampler), for both models.
 NATIVE_WORKFLOWS = {
     "layert2v_native_text_to_layers": native_text_to_layers,
     "layert2v_native_two_foregrounds": native_two_foregrounds,
@@ -278,7 +291,7 @@ NATIVE_WORKFLOWS = {
 
 
 def workflows_of(profile: Profile) -> dict:
-    return {**WORKFLOWS, **(NATIVE_WORKFLOWS if profile is WAN21 else {})}
+    return {**WORKFLOWS, **NATIVE_WORKFLOWS}
 
 
 # ---- UI format ----

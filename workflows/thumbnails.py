@@ -20,7 +20,7 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from workflows.build import DEMO, TEMPLATE_TITLES, WORKFLOWS, api_path  # noqa: E402
+from workflows.build import DEMO, TEMPLATE_TITLES, api_path, workflows_of  # noqa: E402
 
 SIDE = 512  # thumbnails are at least this wide
 
@@ -67,7 +67,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--output", type=Path, required=True, help="ComfyUI's output folder")
     args = parser.parse_args()
-    for name in WORKFLOWS:
+    for name in workflows_of(DEMO):
         graph = json.loads((ROOT / api_path(name, DEMO)).read_text())
         target = ROOT / "example_workflows" / f"{TEMPLATE_TITLES[name]}.jpg"
         thumbnail(graph, args.output).save(target, quality=90)
