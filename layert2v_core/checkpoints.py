@@ -241,6 +241,14 @@ def official_folder(path: str | os.PathLike) -> tuple[Path, bool | None] | None:
     return None
 
 
+def _rope_settings(record: Mapping) -> dict:
+    """The RoPE an adapter or merged checkpoint records; files written before 4D RoPE existed were trained with 3D."""
+    settings = {"rope": record.get("rope") or "3d"}
+    if record.get("rope_dims") is not None:
+        settings["rope_dims"] = tuple(record["rope_dims"])
+    return settings
+
+
 def load_adapter(path: str | os.PathLike, ema: bool | None = None) -> Adapter:
     """Read an official LayerT2V checkpoint folder (with its run config.yaml when beside it) or our single-file
     adapter. ema: use the folder's ema/ema_model.pt (None: only when that file itself was picked)."""
@@ -255,14 +263,12 @@ def load_adapter(path: str | os.PathLike, ema: bool | None = None) -> Adapter:
     if source.metadata.get("format") == MASK_VAE_FORMAT:
         raise CheckpointError(f"{path} is the LayerT2V alpha-matte (mask) VAE, not the DiT adapter; load it as the "
                               f"alpha VAE and pick the DiT adapter file here")
-    meta = json.loads(source.metadata.get(METADATA_KEY, "{}"))
-    if "config" in meta and LAYER_ADALN_KEY in source:
+    config = _metadata_config(source)
+    if config and LAYER_ADALN_KEY in source:
         # A merged LayerT2V DiT (ours): its weights are what a Wan loader reads; what a Wan model lacks is here.
-        config = meta["config"]
-        settings = {"rope": config.get("rope", "3d"), **({"rope_dims": tuple(config["rope_dims"])}
-                                                        if config.get("rope_dims") else {})}
         return Adapter({}, {LAYER_ADALN_KEY: source[LAYER_ADALN_KEY]}, config.get("routing_policy", "paper"),
-                       f"the LayerT2V parts of merged checkpoint {path}", settings)
+                       f"the LayerT2V parts of merged checkpoint {path}", _rope_settings(config))
+    meta = json.loads(source.metadata.get(METADATA_KEY, "{}"))
     if meta.get("format") != ADAPTER_FORMAT:
         if any(k.startswith(("blocks.", COMFY_PREFIX, "condition_embedder.")) for k in source) \
                 and not any(".lora_" in k for k in source):
@@ -276,10 +282,7 @@ def load_adapter(path: str | os.PathLike, ema: bool | None = None) -> Adapter:
                                   f"an ordinary Wan LoRA; the adapter slot needs the LayerT2V adapter")
     policy = meta.get("routing_policy", "paper")
     alpha = meta.get("lora_alpha")
-    # Adapters written before 4D RoPE existed carry no rope entry: they were trained with Wan's 3D RoPE.
-    settings = {"rope": meta.get("rope", "3d")}
-    if meta.get("rope_dims") is not None:
-        settings["rope_dims"] = tuple(meta["rope_dims"])
+    settings = _rope_settings(meta)
 
     def scale_for(module: str) -> float:
         rank = source[f"{module}.lora_A.weight"].shape[0]
