@@ -3,7 +3,8 @@ from layert2v_core.model_folder import DEMO_DIT, demo_model_folder
 
 from . import composite, host, latent, layers, loaders, native, sampler, save, text
 
-host.register_model_folder(None if demo_model_folder() is None else demo_model_folder() / DEMO_DIT)
+_demo = demo_model_folder()
+host.register_model_folder(None if _demo is None else (_demo / DEMO_DIT).parent)
 
 _MODULES = (loaders, native, text, latent, sampler, layers, composite, save)
 NODE_CLASS_MAPPINGS: dict = {}

@@ -31,15 +31,15 @@ def use_folders(models: str | os.PathLike, output: str | os.PathLike) -> None:
     _fallback["models"], _fallback["output"] = Path(models), Path(output)
 
 
-def register_model_folder(demo: Path | None = None) -> None:
+def register_model_folder(demo_dit_folder: Path | None = None) -> None:
     """Our model kind, and the demo's DiT folder as one more `diffusion_models` folder: ComfyUI's own Load Diffusion
     Model then lists the built-in demo (its folder holds that one file)."""
     if folder_paths is None:
         return
     if ADAPTER_KIND not in folder_paths.folder_names_and_paths:
         folder_paths.add_model_folder_path(ADAPTER_KIND, os.path.join(folder_paths.models_dir, ADAPTER_KIND))
-    if demo is not None and "diffusion_models" in folder_paths.folder_names_and_paths:
-        folder_paths.add_model_folder_path("diffusion_models", str(demo.parent))
+    if demo_dit_folder is not None and "diffusion_models" in folder_paths.folder_names_and_paths:
+        folder_paths.add_model_folder_path("diffusion_models", str(demo_dit_folder))
 
 
 def list_models(kind: str) -> list[str]:

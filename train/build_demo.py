@@ -68,7 +68,8 @@ FULL = dict(frames=17, size=64, single=600, multi=400, text_dim=4096,
             dit=dict(dim=128, ffn_dim=512, num_heads=1, num_layers=4, freq_dim=256),
             eval=dict(seeds=24, two_fg_seeds=12, steps=25), fps=8.0)
 QUICK = dict(frames=5, size=32, single=8, multi=6, text_dim=32, text_encoder=dict(layers=2, heads=2), vae_width=8,
-             vae_foreground_weight=20.0, vae_temporal_weight=1.0, vae_image_steps=3, vae_image_batch=4, vae_steps=3, vae_batch=2, vae_lr=2e-3,
+             vae_foreground_weight=20.0, vae_temporal_weight=1.0, vae_image_steps=3, vae_image_batch=4, vae_steps=3,
+             vae_batch=2, vae_lr=2e-3,
              vae_clip_lr=3e-4, mask_steps=3, stage2_steps=3, stage3_steps=3, lambda_mask=0.1, batch=2,
              text_dropout=0.1,
              dit=dict(dim=128, ffn_dim=128, num_heads=1, num_layers=2),
@@ -94,7 +95,7 @@ def stage_config(plan: dict, work: Path, name: str, **options) -> "TrainConfig":
     return parse_config(name, argv)
 
 
-# Each phase in build order: the plan entries it reads and the folders of --work it writes. Resumed with a changed
+# Each phase in build order: the plan entries it reads and the outputs (in --work) it writes. Resumed with a changed
 # plan, the first phase that reads a changed entry and every phase after it run again from nothing; those before it
 # stay (so a new DiT schedule reuses the VAEs and the cache).
 PHASES = (
@@ -131,10 +132,10 @@ class Phases:
             raise SystemExit(f"{self.path}: this build was started with another plan ({', '.join(sorted(changed))} "
                              f"changed), which changes its data; give a new --work to build from nothing")
         rerun = [name for name, _, _ in PHASES[first:]]
-        for name, _, folders in PHASES[first:]:
+        for name, _, outputs in PHASES[first:]:
             record["seconds"].pop(name, None)
             record.get("interrupted_seconds", {}).pop(name, None)
-            for output in folders:  # an older plan's checkpoints must not be resumed
+            for output in outputs:  # an older plan's checkpoints must not be resumed
                 if (work / output).is_dir():
                     shutil.rmtree(work / output)
                 else:

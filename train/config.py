@@ -29,7 +29,7 @@ class TrainConfig:
     dit: str = ""                       # the Wan2.1 DiT (file or folder)
     vae: str = ""                       # the Wan2.1 VAE
     mask_vae: str = ""                  # stage 2/3: the stage-1 result
-    mask_mode: str = ""                 # stage 2/3 alpha codec, kept frozen: "" = mask_vae's (vae-lora), vae, downsample
+    mask_mode: str = ""                 # stage 2/3 frozen alpha codec: "" = mask_vae's (vae-lora), vae, downsample
     text_encoder: str = ""              # umt5 (not needed with a cache folder)
     adapter: str = ""                   # stage 3: the stage-2 adapter to continue from
     routing_policy: str = "paper"       # paper, official or shared

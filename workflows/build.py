@@ -226,8 +226,9 @@ def _native(p: Profile, prompts: tuple, seed: int, prefix: str) -> dict:
     own_parts = p is DEMO
     graph = {
         "1": {"class_type": "UNETLoader", "inputs": {"unet_name": p.files["unet_name"], "weight_dtype": "default"}},
-        "2": {"class_type": "LayerT2VApply", "inputs": {"model": ["1", 0], "adapter_name": p.files["apply_adapter_name"],
-                                                        "strength": 1.0, "routing": "checkpoint"}},
+        "2": {"class_type": "LayerT2VApply",
+              "inputs": {"model": ["1", 0], "adapter_name": p.files["apply_adapter_name"], "strength": 1.0,
+                         "routing": "checkpoint"}},
         "3": {"class_type": "ModelSamplingSD3", "inputs": {"model": ["2", 0], "shift": p.sampling["shift"]}},
         "4": ({"class_type": "LayerT2VTextEncoderLoader", "inputs": {"text_encoder_name": p.files["text_encoder_name"],
                                                                      "dtype": "default"}} if own_parts else
