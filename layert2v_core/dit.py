@@ -372,8 +372,9 @@ class WanDiT(nn.Module):
         ctx, bias = conditioning["context"], conditioning["bias"]
 
         # Token-major and contiguous from the start: a transposed residual stream would be copied by every norm.
-        h = self.patch_embedding(x.to(self.dtype)).flatten(2).transpose(1, 2).to(torch.float32,
-                                                                                  memory_format=torch.contiguous_format)
+        # One copy either way: `.to` makes it for a bf16 model, `.contiguous` for a float32 one (`.to` returns as is).
+        h = self.patch_embedding(x.to(self.dtype)).flatten(2).transpose(1, 2)
+        h = h.to(torch.float32, memory_format=torch.contiguous_format).contiguous()
         rope = self.rope(grid, layer_spec, x.device)
         for i, block in enumerate(self.blocks):
             if self.gradient_checkpointing and torch.is_grad_enabled():

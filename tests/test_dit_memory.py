@@ -49,3 +49,16 @@ def test_load_peak_memory_is_one_model(tmp_path):
     # One model plus the largest single tensor and allocator slack; two copies would be >= 2x.
     print(f"peak growth {peak_growth / model_bytes:.2f}x model size")
     assert peak_growth < 1.35 * model_bytes, (peak_growth, model_bytes)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_residual_stream_is_token_major_and_contiguous(dtype):
+    # A transposed stream would be copied again by every LayerNorm of every block (3 per block, each forward).
+    cfg = DiTConfig(dim=64, num_heads=1, ffn_dim=128, num_layers=2, text_dim=32, freq_dim=32)
+    model = WanDiT(cfg).to(dtype).eval()
+    seen = []
+    for block in model.blocks:
+        block.register_forward_pre_hook(lambda _, args: seen.append((args[0].is_contiguous(), args[0].dtype)))
+    with torch.no_grad():
+        model(torch.randn(1, 16, 2, 8, 8), torch.tensor([500.0]), torch.randn(1, 8, 32))
+    assert seen == [(True, torch.float32)] * cfg.num_layers
