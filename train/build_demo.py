@@ -36,7 +36,7 @@ from train.dit_task import DiTTask, MultiForegroundTask  # noqa: E402
 from train.evaluate_demo import SAMPLING, evaluate_and_write_card, previous_summary  # noqa: E402
 from train.loop import train  # noqa: E402
 from train.mask_vae_task import MaskVAETask  # noqa: E402
-from train.synthetic import caption_vocabulary, write_dataset  # noqa: E402
+from train.synthetic import caption_vocabulary, rewrite_captions, write_dataset  # noqa: E402
 from train.tiny_models import example_sentences, tiny_dit_config, write_text_encoder  # noqa: E402
 from train.vae_task import VAETask  # noqa: E402
 
@@ -64,16 +64,20 @@ FULL = dict(frames=17, size=64, single=600, multi=400, text_dim=4096,
             text_encoder=dict(layers=2, heads=2, d_kv=8, d_ff=32), vae_width=8, vae_foreground_weight=20.0,
             vae_temporal_weight=2.0, vae_image_steps=800, vae_image_batch=16, vae_steps=1000, vae_batch=2,
             vae_lr=2e-3, vae_clip_lr=3e-4, mask_steps=200, stage2_steps=9000, stage3_steps=2000, lambda_mask=0.0,
-            batch=8, text_dropout=0.1,
+            batch=8, text_dropout=0.1, foreground_captions="shape and motion",
             dit=dict(dim=128, ffn_dim=512, num_heads=1, num_layers=4, freq_dim=256),
             eval=dict(seeds=24, two_fg_seeds=12, steps=25), fps=8.0)
 QUICK = dict(frames=5, size=32, single=8, multi=6, text_dim=32, text_encoder=dict(layers=2, heads=2), vae_width=8,
              vae_foreground_weight=20.0, vae_temporal_weight=1.0, vae_image_steps=3, vae_image_batch=4, vae_steps=3,
              vae_batch=2, vae_lr=2e-3,
              vae_clip_lr=3e-4, mask_steps=3, stage2_steps=3, stage3_steps=3, lambda_mask=0.1, batch=2,
-             text_dropout=0.1,
+             text_dropout=0.1, foreground_captions="shape and motion",
              dit=dict(dim=128, ffn_dim=128, num_heads=1, num_layers=2),
              eval=dict(seeds=2, two_fg_seeds=1, steps=3), fps=8.0)
+# A foreground's caption names its shape and its motion ("a red star moves left"): trained with the shape alone,
+# the DiT ignored the direction (same seed, any direction word: one path within 0.1 px), as with the paper's routing
+# the foreground and alpha tokens read only their own caption. "shape" keeps the earlier captions.
+CAPTION_STYLES = ("shape and motion", "shape")
 DEFAULT_OUT, DEFAULT_WORK = "models/layert2v-tiny", "runs/demo"
 QUICK_OUT, QUICK_WORK = "runs/demo-quick/model", "runs/demo-quick/work"  # a smoke run never touches the shipped model
 PROGRESS = "build_progress.json"  # in --work: the plan and the seconds of every finished phase
@@ -106,6 +110,7 @@ PHASES = (
     ("stage 1", ("mask_steps",), ("stage1", "parts/mask_vae.safetensors")),
     ("text encoder and initial DiT", ("text_dim", "text_encoder", "dit"),
      ("parts/text_encoder.safetensors", "parts/dit_init.safetensors")),
+    ("captions", ("foreground_captions",), ()),
     ("cache", (), ("cache_single", "cache_multi")),
     ("stage 2", ("stage2_steps", "batch", "lambda_mask", "text_dropout"), ("stage2",)),
     ("stage 3", ("stage3_steps",), ("stage3",)),
@@ -215,6 +220,12 @@ def build(out: Path, work: Path, plan: dict, evaluate: bool = True, resume: bool
         train(MaskVAETask(cfg), cfg)
         shutil.copy(work / "stage1" / "final" / "mask_vae.safetensors", parts / "mask_vae.safetensors")
 
+    def captions() -> None:
+        if plan["foreground_captions"] not in CAPTION_STYLES:
+            raise SystemExit(f"foreground_captions must be one of {', '.join(CAPTION_STYLES)}")
+        for folder in (data1, data_multi):
+            rewrite_captions(folder, foreground_motion=plan["foreground_captions"] == "shape and motion")
+
     def cache() -> None:
         for name, folder, most in (("cache_single", data1, 1), ("cache_multi", data_multi, 3)):
             shutil.rmtree(work / name, ignore_errors=True)
@@ -235,7 +246,7 @@ def build(out: Path, work: Path, plan: dict, evaluate: bool = True, resume: bool
         train(MultiForegroundTask(cfg), cfg)
 
     steps = {"synthetic data": data, "text encoder and initial DiT": parts_from_nothing, "vae frames": vae_frames,
-             "vae clips": vae_clips, "stage 1": stage1, "cache": cache, "stage 2": stage2, "stage 3": stage3}
+             "vae clips": vae_clips, "stage 1": stage1, "captions": captions, "cache": cache, "stage 2": stage2, "stage 3": stage3}
     for name, _, _ in PHASES:
         phases.run(name, steps[name])
 

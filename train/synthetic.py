@@ -23,6 +23,7 @@ On disk (train/vidlayer_layout.py documents the layout): VidLayer sample folders
 """
 from __future__ import annotations
 
+import json
 import math
 import os
 import random
@@ -36,9 +37,10 @@ if __package__ in (None, ""):  # run as `python train/synthetic.py`: make the re
 
 import torch
 
+from layert2v_core.atomic import write_json
 from layert2v_core.composite import premultiply, recompose
 from layert2v_core.layers import MAX_FOREGROUNDS
-from train.vidlayer_layout import write_jsonl, write_sample_folder
+from train.vidlayer_layout import METADATA, caption_metadata, write_jsonl, write_sample_folder
 
 # ---------------------------------------------------------------- the named palette, shapes and backgrounds
 
@@ -161,12 +163,30 @@ def _article(word: str) -> str:
     return "an" if word[0] in "aeiou" else "a"
 
 
-def captions_for(layers: list[ForegroundSpec], background: str) -> dict[str, Any]:
-    """Captions of a sample: full, background and one per foreground (bottom first)."""
-    actions = " and ".join(f"{layer.caption} moves {layer.motion}" for layer in layers)
+def captions_for(layers: list[ForegroundSpec], background: str, foreground_motion: bool = True) -> dict[str, Any]:
+    """Captions of a sample: full, background and one per foreground (bottom first). A foreground caption says how
+    its subject moves (`foreground_motion`), as a layer caption of real footage does: with the paper's routing the
+    foreground and alpha tokens read their own caption only, so a motion named in the full caption alone never
+    reaches the layer that has to move."""
+    actions = [f"{layer.caption} moves {layer.motion}" for layer in layers]
     background_caption = f"{_article(background)} {background} background"
-    return {"full": f"{actions} over {background_caption}", "background": background_caption,
-            "foregrounds": [layer.caption for layer in layers]}
+    return {"full": f"{' and '.join(actions)} over {background_caption}", "background": background_caption,
+            "foregrounds": actions if foreground_motion else [layer.caption for layer in layers]}
+
+
+def rewrite_captions(folder: str | os.PathLike, foreground_motion: bool = True) -> int:
+    """Set the captions of every synthetic sample folder under `folder` from its recorded spec (metadata.json
+    "synthetic"), each file replaced atomically; the videos stay. Returns the number of samples."""
+    count = 0
+    for path in sorted(Path(folder).glob(f"*/{METADATA}")):
+        metadata = json.loads(path.read_text())
+        spec = metadata["synthetic"]
+        layers = [ForegroundSpec(**layer) for layer in spec["foregrounds"]]
+        captions = captions_for(layers, spec["background"], foreground_motion)
+        metadata["captions"] = caption_metadata(captions)
+        write_json(path, metadata)
+        count += 1
+    return count
 
 
 def _grid(frames: int, height: int, width: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -92,6 +92,12 @@ def foreground_name(number: int) -> str:
 # ---------------------------------------------------------------- writing
 
 
+def caption_metadata(captions: dict[str, Any]) -> dict[str, Any]:
+    """metadata.json's "captions": VidLayer's full / foreground / background, and every foreground's caption."""
+    return {"full": captions["full"], "foreground": captions["foregrounds"][0], "background": captions["background"],
+            "foregrounds": list(captions["foregrounds"])}
+
+
 def write_sample_folder(folder: str | os.PathLike, full: torch.Tensor, background: torch.Tensor,
                         alphas: torch.Tensor, captions: dict[str, Any], lossless: bool = False,
                         fps: float = 16.0, extra: dict[str, Any] | None = None) -> Path:
@@ -114,8 +120,7 @@ def write_sample_folder(folder: str | os.PathLike, full: torch.Tensor, backgroun
     names = {"full": FULL_NAME + suffix, "background": BACKGROUND_NAME + suffix,
              "masks": [mask_name(i) + suffix for i in range(1, count + 1)]}
     metadata = {
-        "captions": {"full": captions["full"], "foreground": captions["foregrounds"][0],
-                     "background": captions["background"], "foregrounds": list(captions["foregrounds"])},
+        "captions": caption_metadata(captions),
         "paths": {"full_video": names["full"], "background_video": names["background"],
                   "mask_video": names["masks"][0], "mask_videos": names["masks"]},
         "num_foregrounds": count,
