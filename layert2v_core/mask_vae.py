@@ -83,9 +83,9 @@ class LoRACausalConv3d(nn.Module):
         return self.base.weight
 
     def forward(self, x: torch.Tensor, cache: StreamCache | None = None) -> torch.Tensor:
-        padded = self.base.pad(x, cache)
-        out = self.base._conv_forward(padded, self.base.weight, self.base.bias)
-        down = conv3d(padded, self.lora_down.weight, None, self.lora_down.stride)
+        padded, first_tap = self.base.pad(x, cache)
+        out = self.base._conv_forward(padded, self.base.weight[:, :, first_tap:], self.base.bias)
+        down = conv3d(padded, self.lora_down.weight[:, :, first_tap:], None, self.lora_down.stride)
         return out + self.scale * self.lora_up(down)
 
 

@@ -277,3 +277,27 @@ def test_streaming_peak_does_not_grow_with_length(tmp_path):
     print(f"decode working memory: 2 latent frames {(short_peak - short_out) / 2**20:.1f} MiB, "
           f"6 latent frames {(long_peak - long_out) / 2**20:.1f} MiB")
     assert long_peak - long_out <= 1.1 * (short_peak - short_out)
+
+
+def test_upsample_conv_is_nearest_upsampling_then_conv():
+    # Known answer in float64: the four 2x2 phase kernels sum exactly the 3x3 taps that land on one input pixel.
+    from layert2v_core.vae import upsample2x_conv
+    g = torch.Generator().manual_seed(0)
+    x, weight, bias = (torch.randn(2, 5, 6, 7, generator=g, dtype=torch.float64),
+                       torch.randn(3, 5, 3, 3, generator=g, dtype=torch.float64), torch.randn(3, dtype=torch.float64))
+    expected = torch.nn.functional.conv2d(torch.nn.functional.interpolate(x, scale_factor=2.0, mode="nearest"),
+                                          weight, bias, padding=1)
+    assert torch.allclose(upsample2x_conv(x, weight, bias), expected, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("frames", [1, 2])
+def test_first_chunk_skips_the_taps_on_front_zeros(frames):
+    # A one-output chunk skips the kernel taps over the front zero padding; a longer one pads as before.
+    from layert2v_core.vae import CausalConv3d
+    torch.manual_seed(0)
+    conv = CausalConv3d(4, 3, 3, padding=1).double()
+    x = torch.randn(1, 4, frames, 5, 5, dtype=torch.float64)
+    expected = torch.nn.functional.conv3d(torch.nn.functional.pad(x, (1, 1, 1, 1, 2, 0)), conv.weight, conv.bias)
+    padded, first_tap = conv.pad(x, {})
+    assert first_tap == (2 if frames == 1 else 0)
+    assert torch.allclose(conv(x, {}), expected, rtol=0, atol=1e-12)
