@@ -1,8 +1,10 @@
 """The data engine's model backends through the real library classes with tiny random configs (no downloads):
 SAM3 text-to-mask (transformers Sam3Model), SAM2 video tracking (Sam2VideoModel) for matting, Wan2.1 VACE
-(diffusers WanVACEPipeline) for removal.
+(diffusers WanVACEPipeline) for removal, Qwen3-VL (Qwen3VLForConditionalGeneration) for annotation and scoring.
 Random weights say nothing about quality; these tests check the wiring: inputs reach the model the way the library
 expects, outputs come back at the video's size and are used only where they should be."""
+import json
+
 import pytest
 import torch
 
@@ -131,3 +133,84 @@ def test_vace_remover_fills_only_the_covered_pixels():
     assert (background[covered] - frames[covered]).abs().mean() > 0.05  # generated, not copied
     both = covered[4] & covered[6]  # the tail frames repeat the last generated frame
     assert both.any() and torch.equal(background[6][both], background[4][both])
+
+
+QWEN_SPECIAL = ["<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"]
+# The layout of Qwen3-VL's own chat template, for images and text only.
+QWEN_TEMPLATE = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{% for c in m['content'] %}"
+                 "{% if c['type'] == 'image' %}<|vision_start|><|image_pad|><|vision_end|>{% else %}{{ c['text'] }}"
+                 "{% endif %}{% endfor %}<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n"
+                 "{% endif %}")
+
+
+def tiny_qwen3_vl_folder(folder):
+    """A random Qwen3-VL (1 text layer, 1 vision block) saved as a model folder: model, tokenizer with Qwen's
+    special tokens, PIL image processor with Qwen3-VL's 16-px patches merged 2x2, chat template beside them."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import (PreTrainedTokenizerFast, Qwen2VLImageProcessorPil, Qwen3VLConfig,
+                              Qwen3VLForConditionalGeneration)
+
+    vocabulary = ["<pad>", "<unk>", *QWEN_SPECIAL, *WORDS[2:], *'system user assistant { } : , " 0 1 2'.split()]
+    words = Tokenizer(models.WordLevel({w: i for i, w in enumerate(vocabulary)}, unk_token="<unk>"))
+    words.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=words, pad_token="<pad>", unk_token="<unk>",
+                                        eos_token="<|im_end|>", additional_special_tokens=QWEN_SPECIAL)
+    ids = {token: tokenizer.convert_tokens_to_ids(token) for token in QWEN_SPECIAL}
+    config = Qwen3VLConfig(
+        text_config=dict(vocab_size=len(vocabulary), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                         num_attention_heads=2, num_key_value_heads=1, head_dim=16, max_position_embeddings=2048,
+                         rope_scaling=dict(rope_type="default", mrope_section=[2, 3, 3], mrope_interleaved=True),
+                         eos_token_id=ids["<|im_end|>"]),
+        vision_config=dict(depth=1, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=32,
+                           patch_size=16, spatial_merge_size=2, temporal_patch_size=2, num_position_embeddings=16,
+                           deepstack_visual_indexes=[0]),
+        image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"])
+    torch.manual_seed(0)
+    Qwen3VLForConditionalGeneration(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    Qwen2VLImageProcessorPil(patch_size=16, temporal_patch_size=2, merge_size=2, min_pixels=32 * 32,
+                             max_pixels=64 * 64, image_mean=[0.5] * 3, image_std=[0.5] * 3).save_pretrained(folder)
+    (folder / "chat_template.jinja").write_text(QWEN_TEMPLATE)
+    return folder
+
+
+def test_transformers_vlm_prepares_images_as_the_qwen_processor(tmp_path):
+    from train.data_engine.vlm import TransformersVLM, VLMAnnotator
+
+    vlm = TransformersVLM.from_pretrained(str(tiny_qwen3_vl_folder(tmp_path / "qwen")), device="cpu")
+    vlm.max_tokens = 6
+    vision, text = [], []  # what the vision tower and the language model are given
+    vlm.model.model.visual.register_forward_pre_hook(lambda _, args, kwargs: vision.append((args[0], kwargs)),
+                                                      with_kwargs=True)
+    vlm.model.register_forward_pre_hook(lambda _, args, kwargs: text.append(kwargs["input_ids"]), with_kwargs=True)
+    frames = torch.rand(5, 40, 56, 3)
+    answer = VLMAnnotator(vlm, frames=2).annotate(frames, "a red circle moves left", {})
+    assert isinstance(answer, str) and answer.strip()
+    (pixels, kwargs), = vision
+    grid = kwargs["grid_thw"]
+    assert grid.tolist() == [[1, 2, 4]] * 2  # each of the 2 frames resized to 32x64: 2x4 patches of 16 px
+    expected = vlm.image_processor(images=[(f * 255 + 0.5).to(torch.uint8).numpy() for f in frames[[0, 4]]],
+                                   return_tensors="pt")["pixel_values"]
+    assert torch.equal(pixels, expected)  # the sampled frames, first and last, reach the vision tower
+    prompt = text[0]  # the prompt's forward; later ones are the generated tokens
+    image_tokens = int((prompt == vlm.tokenizer.convert_tokens_to_ids("<|image_pad|>")).sum())
+    assert image_tokens == int(grid.prod(-1).sum()) // 4 == 4  # one token per 2x2 merged patch
+    decoded = vlm.tokenizer.decode(prompt[0])
+    assert decoded.startswith("<|im_start|>") and decoded.rstrip().endswith("assistant")
+    assert 1 <= len(text) <= vlm.max_tokens
+
+
+def test_transformers_vlm_answers_are_untrusted(tmp_path):
+    # A random model's answer is no annotation: every video is rejected at annotation with its reason, no crash.
+    from test_data_engine import SMALL_SUBJECTS, write_videos
+    from train.data_engine.run import run
+
+    videos, _ = write_videos(tmp_path, [(1, 1), (3, 1)], frames=9, size=48)
+    folder = tiny_qwen3_vl_folder(tmp_path / "qwen")
+    assert run(["--videos", str(videos), "--out", str(tmp_path / "out"), "--annotator", "transformers",
+                "--checker", "transformers", "--vlm-folder", str(folder), "--vlm-max-tokens", "6",
+                "--device", "cpu", *SMALL_SUBJECTS]) == 0
+    records = [json.loads(p.read_text()) for p in (tmp_path / "out" / ".engine").glob("*.json")]
+    assert len(records) == 2 and all(r["status"] == "rejected" and r["stage"] == "annotate" for r in records)
+    assert all("no JSON object" in r["reason"] or "empty" in r["reason"] for r in records)

@@ -2,12 +2,14 @@
 
     stage             backends
     annotate          captions (the list's captions, no model) | openai (any OpenAI-compatible server)
+                      | transformers (a Qwen-VL model folder run in this process)
     first-frame mask  motion (moving region, colour words)     | sam3 (SAM3 text to mask)
     matting           motion (propagation + soft alpha)        | sam2 (SAM2 video tracking) | command
     removal           median (temporal clean plate)            | vace (Wan2.1 VACE inpainting) | command
-    quality           measured (no model) | openai | none
+    quality           measured (no model) | openai | transformers | none
 
-Qwen3-VL and any other VLM run behind an OpenAI-compatible server (vLLM and SGLang serve Qwen3-VL).
+Qwen3-VL and any other VLM run behind an OpenAI-compatible server (vLLM and SGLang serve Qwen3-VL), or in this
+process through transformers (`--vlm-folder`), one model shared by both stages.
 """
 from __future__ import annotations
 
@@ -19,17 +21,20 @@ from .pipeline import Engine, Rules
 
 def add_backend_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("backends")
-    group.add_argument("--annotator", choices=("captions", "openai"), default="captions")
+    group.add_argument("--annotator", choices=("captions", "openai", "transformers"), default="captions")
     group.add_argument("--masker", choices=("motion", "sam3"), default="motion")
     group.add_argument("--matter", choices=("motion", "sam2", "command"), default="motion")
     group.add_argument("--remover", choices=("median", "vace", "command"), default="median")
-    group.add_argument("--checker", choices=("measured", "openai", "none"), default="measured")
+    group.add_argument("--checker", choices=("measured", "openai", "transformers", "none"), default="measured")
     group.add_argument("--motion-threshold", type=float, default=0.1,
                        help="colour difference from the clean plate that counts as foreground (motion backends)")
     group.add_argument("--vlm-url", help="OpenAI-compatible server, e.g. http://localhost:8000/v1 (vLLM, SGLang)")
     group.add_argument("--vlm-model", help="model name the server serves, e.g. Qwen/Qwen3-VL-30B-A3B-Instruct")
     group.add_argument("--vlm-key-env", default="OPENAI_API_KEY", help="environment variable holding the API key")
     group.add_argument("--vlm-frames", type=int, default=8, help="frames of the video shown to the annotator")
+    group.add_argument("--vlm-folder", help="transformers backend: a Qwen-VL model folder, e.g. "
+                                            "Qwen/Qwen3-VL-8B-Instruct downloaded")
+    group.add_argument("--vlm-max-tokens", type=int, default=1024, help="longest answer of a VLM, in tokens")
     group.add_argument("--sam3", help="SAM3 model folder (transformers layout, with its tokenizer)")
     group.add_argument("--sam2", help="SAM2 video model folder (transformers layout)")
     group.add_argument("--vace", help="Wan2.1 VACE diffusers folder, e.g. Wan-AI/Wan2.1-VACE-1.3B-diffusers")
@@ -46,11 +51,18 @@ def _need(value, flag: str, backend: str) -> None:
 
 
 def _vlm_client(args: argparse.Namespace):
-    from .vlm import OpenAIVLM
+    """The chat model the VLM stages share: one server client, or one model loaded once."""
+    from .vlm import OpenAIVLM, TransformersVLM
 
+    if "transformers" in (args.annotator, args.checker):
+        _need(args.vlm_folder, "--vlm-folder", "transformers")
+        vlm = TransformersVLM.from_pretrained(args.vlm_folder, device=args.device)
+        vlm.max_tokens = args.vlm_max_tokens
+        return vlm
     _need(args.vlm_url, "--vlm-url", "openai")
     _need(args.vlm_model, "--vlm-model", "openai")
-    return OpenAIVLM(args.vlm_url, args.vlm_model, api_key=os.environ.get(args.vlm_key_env) or "EMPTY")
+    return OpenAIVLM(args.vlm_url, args.vlm_model, api_key=os.environ.get(args.vlm_key_env) or "EMPTY",
+                     max_tokens=args.vlm_max_tokens)
 
 
 def _model(name: str, path: str | None, flag: str, device: str):
@@ -72,7 +84,10 @@ def build_engine(args: argparse.Namespace, rules: Rules) -> Engine:
     from . import classical
 
     threshold = args.motion_threshold
-    vlm = _vlm_client(args) if "openai" in (args.annotator, args.checker) else None
+    uses_vlm = {args.annotator, args.checker} & {"openai", "transformers"}
+    if {args.annotator, args.checker} >= {"openai", "transformers"}:
+        raise ValueError("--annotator and --checker must use the same VLM backend (openai or transformers)")
+    vlm = _vlm_client(args) if uses_vlm else None
 
     if args.annotator == "captions":
         annotator = classical.CaptionAnnotator(threshold)
