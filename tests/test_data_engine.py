@@ -447,3 +447,68 @@ def test_command_templates_are_checked_before_work(tmp_path, capsys):
                 "--matte-command", "tool {video} {maks} {out}"]) == 2
     assert "bad placeholder ('maks')" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+# Stand-ins for the two git-only tools, at the paths and with the command lines and output layouts their adapters
+# rely on (from the tools' own inference scripts): MatAnyone writes <out>/<clip name>/pha/0000.png ... with
+# --save_image; Casper writes <save_path>/<sequence>-fg=-1-0001.mp4 (and a _tuple.mp4 beside it), at its own size
+# and padded in time. Here MatAnyone's alpha is the first-frame mask on every frame at half size, and Casper's
+# background is the clip itself at twice the size with 4 frames more.
+MATANYONE_STAND_IN = """
+import argparse, os
+import numpy as np
+from PIL import Image
+from layert2v_core.video_io import read_video
+p = argparse.ArgumentParser()
+p.add_argument("-i"); p.add_argument("-m"); p.add_argument("-o"); p.add_argument("--save_image", action="store_true")
+a = p.parse_args()
+assert a.save_image and os.path.isfile("inference_matanyone.py")  # run in its checkout
+count = read_video(a.i)[0].shape[0]
+mask = Image.open(a.m).convert("L")
+mask = mask.resize((mask.width // 2, mask.height // 2), Image.NEAREST)
+out = os.path.join(a.o, os.path.basename(a.i)[:-4], "pha")
+os.makedirs(out)
+for i in range(count):
+    mask.save(os.path.join(out, f"{i:04d}.png"))
+"""
+CASPER_STAND_IN = """
+import json, os, sys
+import torch
+from layert2v_core.video_io import read_video, write_video
+config = dict(arg[len("--config."):].split("=", 1) for arg in sys.argv[1:])
+sequence = os.path.join(config["data.data_rootdir"], config["experiment.run_seqs"])
+assert json.load(open(os.path.join(sequence, "prompt.json")))["bg"]
+assert read_video(os.path.join(sequence, "mask_00.mp4"))[0].shape[0] > 0
+frames = torch.from_numpy(read_video(os.path.join(sequence, "input_video.mp4"))[0])
+frames = torch.cat([frames, frames[-1:].expand(4, -1, -1, -1)])
+frames = frames.repeat_interleave(2, 1).repeat_interleave(2, 2)
+os.makedirs(config["experiment.save_path"])
+name = os.path.join(config["experiment.save_path"], config["experiment.run_seqs"] + "-fg=-1-0001")
+write_video(name + ".mp4", frames, 16.0)
+write_video(name + "_tuple.mp4", torch.zeros_like(frames), 16.0)
+"""
+
+
+def test_matanyone_and_casper_adapters(tmp_path, monkeypatch):
+    videos, truth = write_videos(tmp_path, [(5, 1)], frames=9, size=32)
+    matanyone, casper = tmp_path / "MatAnyone", tmp_path / "gen-omnimatte-public"
+    (casper / "inference" / "cogvideox_fun").mkdir(parents=True)
+    matanyone.mkdir()
+    (matanyone / "inference_matanyone.py").write_text(MATANYONE_STAND_IN)
+    (casper / "inference" / "cogvideox_fun" / "predict_v2v.py").write_text(CASPER_STAND_IN)
+    tools = os.path.join(ROOT, "train", "data_engine", "tools")
+    monkeypatch.setenv("PYTHONPATH", ROOT)  # the stand-ins read and write videos with the project's code
+    assert run(["--videos", str(videos), "--out", str(tmp_path / "out"), "--checker", "none",
+                "--matter", "command", "--matte-command",
+                f"{sys.executable} {tools}/matanyone.py {{video}} {{mask}} {{out}} --repo {matanyone}",
+                "--remover", "command", "--remove-command",
+                f"{sys.executable} {tools}/gen_omnimatte.py {{video}} {{alpha}} {{out}} --repo {casper} "
+                f"--model m --transformer t.safetensors", *SMALL_SUBJECTS]) == 0
+    record = json.loads((tmp_path / "out" / ".engine" / "v0.json").read_text())
+    assert record["status"] == "kept", record
+    sample = tmp_path / "out" / record["samples"][0]
+    alpha, _ = read_video(sample / "mask.mp4")
+    assert (abs(alpha[0] - alpha[-1]) > 0.5).mean() < 0.01  # MatAnyone's alpha: the first-frame mask throughout
+    background, _ = read_video(sample / "background.mp4")
+    full, _ = read_video(sample / "full_video.mp4")
+    assert background.shape == full.shape and abs(background - full).mean() < 0.03  # Casper's, resized and cut

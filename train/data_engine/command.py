@@ -9,8 +9,9 @@ written):
     {alpha_frames}  union alpha as PNG frames        {out}            an empty folder for the result
 
 Matting writes `{out}/alpha` (PNG frames) or `{out}/alpha.mp4`/`.webm`/`.mov` (white = foreground); removal writes
-`{out}/background` or `{out}/background.mp4`/... . A command that fails, or writes nothing usable, rejects the video
-with its exit status and the end of its error output.
+`{out}/background` or `{out}/background.mp4`/... . A result at another size is resized to the clip's, one longer than
+the clip is cut to it. A command that fails, or writes nothing usable, rejects the video with its exit status and the
+end of its error output. `tools/` holds adapters for MatAnyone (matting) and Generative Omnimatte's Casper (removal).
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ import tempfile
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
 from layert2v_core.video_io import read_video, write_video
 from .stages import Rejection
@@ -56,7 +58,9 @@ def _run(template: str, values: dict[str, str], stage: str, timeout: float | Non
                                f"{(result.stderr or result.stdout).strip()[-300:]}")
 
 
-def _read_result(out: Path, name: str, stage: str) -> torch.Tensor:
+def _read_result(out: Path, name: str, stage: str, like: torch.Tensor) -> torch.Tensor:
+    """The tool's result as [T, H, W, 3] at the size of `like` [T, H, W, ...]: tools that work at their own
+    resolution are resized back, and those that pad the clip in time give their first T frames."""
     for suffix in RESULT_SUFFIXES:
         path = out / f"{name}{suffix}"
         if path.exists():
@@ -64,7 +68,16 @@ def _read_result(out: Path, name: str, stage: str) -> torch.Tensor:
                 frames, _ = read_video(path)
             except (OSError, ValueError, RuntimeError) as error:
                 raise Rejection(stage, f"the {stage} command's {path.name} is unreadable: {error}") from None
-            return torch.from_numpy(frames[..., :3].copy())
+            frames = torch.from_numpy(frames.copy())
+            count, height, width = like.shape[:3]
+            if frames.shape[0] < count:
+                raise Rejection(stage, f"the {stage} command's {path.name} has {frames.shape[0]} frames, the clip "
+                                       f"{count}")
+            frames = frames[:count, ..., :3].float()
+            if frames.shape[1:3] != (height, width):
+                frames = F.interpolate(frames.permute(0, 3, 1, 2), size=(height, width), mode="bilinear",
+                                       align_corners=False, antialias=True).permute(0, 2, 3, 1)
+            return frames
     raise Rejection(stage, f"the {stage} command wrote no {name} (or {name}.mp4) into its output folder")
 
 
@@ -91,7 +104,7 @@ class CommandMatter:
                       "mask": (".png", first_mask[..., None].expand(*first_mask.shape, 3))}
             values = _write_inputs(self.template, Path(folder), inputs)
             _run(self.template, values, "matting", self.timeout)
-            return _read_result(Path(folder) / "out", "alpha", "matting").mean(-1)
+            return _read_result(Path(folder) / "out", "alpha", "matting", frames).mean(-1)
 
 
 class CommandRemover:
@@ -108,4 +121,4 @@ class CommandRemover:
                       "alpha_frames": ("", grey)}
             values = _write_inputs(self.template, Path(folder), inputs)
             _run(self.template, values, "removal", self.timeout)
-            return _read_result(Path(folder) / "out", "background", "removal")
+            return _read_result(Path(folder) / "out", "background", "removal", frames)
