@@ -27,7 +27,7 @@ def test_quick_build_makes_a_usable_model_folder(tmp_path):
             durations.append(previews.info["duration"])
         assert abs(sum(durations) - QUICK["frames"] * 1000 / QUICK["fps"]) <= QUICK["frames"]
     assert set(record["seconds"]) == {"synthetic data", "text encoder and initial DiT", "vae frames", "vae clips",
-                                      "stage 1", "cache", "stage 2", "stage 3"}
+                                      "stage 1", "captions", "cache", "stage 2", "stage 3"}
     for path in out.rglob("*"):  # a model folder is copied between users: everything readable by all
         assert path.stat().st_mode & stat.S_IROTH, path
     report = json.loads((out / "evaluation.json").read_text())

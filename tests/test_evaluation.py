@@ -142,6 +142,8 @@ def test_prompted_direction_per_foreground():
     full = "a red circle moves left and a cyan star moves up over a blue striped background"
     assert layer_metrics.prompted_direction(full, "a red circle") == "left"
     assert layer_metrics.prompted_direction(full, "a cyan star") == "up"
+    assert layer_metrics.prompted_direction(full, "a cyan star moves up") == "up"  # a caption naming its motion
+    assert layer_metrics.prompted_direction(full, "a red circle moves left") == "left"
     assert layer_metrics.prompted_direction("a fox runs across a field", "a fox") is None
     assert layer_metrics.prompted_direction("a bird rises over a lake") == "up"
 

@@ -64,19 +64,21 @@ FULL = dict(frames=17, size=64, single=600, multi=400, text_dim=4096,
             text_encoder=dict(layers=2, heads=2, d_kv=8, d_ff=32), vae_width=8, vae_foreground_weight=20.0,
             vae_temporal_weight=2.0, vae_image_steps=800, vae_image_batch=16, vae_steps=1000, vae_batch=2,
             vae_lr=2e-3, vae_clip_lr=3e-4, mask_steps=200, stage2_steps=9000, stage3_steps=2000, lambda_mask=0.0,
-            batch=8, text_dropout=0.1, foreground_captions="shape and motion",
+            batch=8, text_dropout=0.1, foreground_captions="shape",
             dit=dict(dim=128, ffn_dim=512, num_heads=1, num_layers=4, freq_dim=256),
             eval=dict(seeds=24, two_fg_seeds=12, steps=25), fps=8.0)
 QUICK = dict(frames=5, size=32, single=8, multi=6, text_dim=32, text_encoder=dict(layers=2, heads=2), vae_width=8,
              vae_foreground_weight=20.0, vae_temporal_weight=1.0, vae_image_steps=3, vae_image_batch=4, vae_steps=3,
              vae_batch=2, vae_lr=2e-3,
              vae_clip_lr=3e-4, mask_steps=3, stage2_steps=3, stage3_steps=3, lambda_mask=0.1, batch=2,
-             text_dropout=0.1, foreground_captions="shape and motion",
+             text_dropout=0.1, foreground_captions="shape",
              dit=dict(dim=128, ffn_dim=128, num_heads=1, num_layers=2),
              eval=dict(seeds=2, two_fg_seeds=1, steps=3), fps=8.0)
-# A foreground's caption names its shape and its motion ("a red star moves left"): trained with the shape alone,
-# the DiT ignored the direction (same seed, any direction word: one path within 0.1 px), as with the paper's routing
-# the foreground and alpha tokens read only their own caption. "shape" keeps the earlier captions.
+# A foreground's caption names its shape ("a red star"), or also its motion ("a red star moves left") with "shape and
+# motion". The DiT ignores the prompted direction (same seed, any direction word: one path within 0.1 px), and with
+# the paper's routing the foreground and alpha tokens read only their own caption; yet a build with the motion in the
+# foreground captions (cache, stage 2 and stage 3 again) agreed with the direction on 15% of held-out foregrounds
+# against 17%, and showed the foreground in the full video 58% of the time against 72%, so "shape" stays.
 CAPTION_STYLES = ("shape and motion", "shape")
 DEFAULT_OUT, DEFAULT_WORK = "models/layert2v-tiny", "runs/demo"
 QUICK_OUT, QUICK_WORK = "runs/demo-quick/model", "runs/demo-quick/work"  # a smoke run never touches the shipped model
@@ -276,7 +278,7 @@ def build(out: Path, work: Path, plan: dict, evaluate: bool = True, resume: bool
     if evaluate:
         evaluate_and_write_card(out, work / "evaluation", frames=plan["frames"], size=plan["size"], fps=plan["fps"],
                                 previous=json.loads(previous.read_text()) if previous.exists() else None,
-                                **plan["eval"])
+                                foreground_motion=plan["foreground_captions"] == "shape and motion", **plan["eval"])
     make_readable(out)
     return record
 

@@ -48,10 +48,13 @@ MODEL_RUN, TRUTH_RUN, ROUND_TRIP_RUN = "model", "ground truth", "truth through t
 PREVIOUS_RUN = "previous demo"
 
 
-def heldout_samples(frames: int, size: int, seeds: int = 24, two_fg_seeds: int = 12) -> list:
-    """The held-out synthetic samples: `seeds` with one foreground, `two_fg_seeds` with two."""
-    return ([generate_sample(1000 + s, frames, size, size, split="eval", num_foregrounds=1) for s in range(seeds)]
-            + [generate_sample(2000 + s, frames, size, size, split="eval", num_foregrounds=2)
+def heldout_samples(frames: int, size: int, seeds: int = 24, two_fg_seeds: int = 12,
+                    foreground_motion: bool = False) -> list:
+    """The held-out synthetic samples: `seeds` with one foreground, `two_fg_seeds` with two; foreground captions in
+    the style the model was trained with (`foreground_motion`)."""
+    style = dict(split="eval", foreground_motion=foreground_motion)
+    return ([generate_sample(1000 + s, frames, size, size, num_foregrounds=1, **style) for s in range(seeds)]
+            + [generate_sample(2000 + s, frames, size, size, num_foregrounds=2, **style)
                for s in range(two_fg_seeds)])
 
 
@@ -80,10 +83,10 @@ def write_prompt_file(path: Path, samples: list) -> None:
 
 @torch.no_grad()
 def evaluate(folder: Path, work: Path, frames: int, size: int, seeds: int = 24, two_fg_seeds: int = 12,
-             steps: int = SAMPLING["steps"], fps: float = 8.0) -> dict:
+             steps: int = SAMPLING["steps"], fps: float = 8.0, foreground_motion: bool = False) -> dict:
     """Generate the held-out prompt file with the model in `folder`, write the truth, score both runs."""
     torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
-    samples = heldout_samples(frames, size, seeds, two_fg_seeds)
+    samples = heldout_samples(frames, size, seeds, two_fg_seeds, foreground_motion)
     write_prompt_file(folder / PROMPT_FILE, samples)
     generated, truth, trip = work / "samples", work / "truth", work / "round_trip"
     for stale in (generated, truth, trip):
@@ -184,7 +187,8 @@ def model_card(report: dict, build: dict | None, previews: list[str], sheets: li
             f"{build['threads']} threads).",
             "",
             f"- data: {plan['single']} single-foreground + {plan['multi']} one-to-three-foreground synthetic samples, "
-            f"{plan['size']}x{plan['size']}, {plan['frames']} frames, held-out combinations excluded",
+            f"{plan['size']}x{plan['size']}, {plan['frames']} frames, held-out combinations excluded; a foreground's "
+            f"caption names its {plan.get('foreground_captions', 'shape')}",
             f"- VAE (Wan2.1 architecture, from scratch): width {plan['vae_width']}; {plan['vae_image_steps']} steps "
             f"on batches of {plan['vae_image_batch']} single frames at lr {plan['vae_lr']}, then "
             f"{plan['vae_steps']} on batches of {plan['vae_batch']} {plan['frames']}-frame clips at lr "
@@ -286,7 +290,7 @@ def _pct(value) -> str:
 
 def evaluate_and_write_card(folder: Path, work: Path, frames: int, size: int, fps: float = 8.0,
                             previous: dict | None = None, **counts) -> dict:
-    """Evaluate (counts: seeds, two_fg_seeds, steps); write evaluation.json, previews, contact sheets and README.md.
+    """Evaluate (counts: seeds, two_fg_seeds, steps, foreground_motion); write evaluation.json, previews, contact sheets and README.md.
 
     previous: the evaluation.json of the model this one replaces, shown beside it (default: the one the folder's
     own evaluation.json carries)."""
@@ -312,9 +316,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", type=int, help="default: the folder's generation.json height, else 48")
     args = parser.parse_args(argv)
     settings = generation_settings(args.folder)
+    build = Path(args.folder) / "build.json"  # the caption style the model was trained with
+    plan = json.loads(build.read_text())["plan"] if build.is_file() else {}
     report = evaluate_and_write_card(Path(args.folder), Path(args.work), args.frames or settings.get("frames", 9),
                                      args.size or settings.get("height", 48), fps=settings.get("fps", 8.0),
-                                     steps=settings.get("steps", SAMPLING["steps"]))
+                                     steps=settings.get("steps", SAMPLING["steps"]),
+                                     foreground_motion=plan.get("foreground_captions") == "shape and motion")
     print(json.dumps({run: r["aggregate"] for run, r in report["runs"].items()}, indent=2))
     return 0
 

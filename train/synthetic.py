@@ -163,18 +163,17 @@ def _article(word: str) -> str:
     return "an" if word[0] in "aeiou" else "a"
 
 
-def captions_for(layers: list[ForegroundSpec], background: str, foreground_motion: bool = True) -> dict[str, Any]:
+def captions_for(layers: list[ForegroundSpec], background: str, foreground_motion: bool = False) -> dict[str, Any]:
     """Captions of a sample: full, background and one per foreground (bottom first). A foreground caption says how
-    its subject moves (`foreground_motion`), as a layer caption of real footage does: with the paper's routing the
-    foreground and alpha tokens read their own caption only, so a motion named in the full caption alone never
-    reaches the layer that has to move."""
+    its subject moves with `foreground_motion`, as a layer caption of real footage may ("a red star moves left"): with
+    the paper's routing the foreground and alpha tokens read their own caption only."""
     actions = [f"{layer.caption} moves {layer.motion}" for layer in layers]
     background_caption = f"{_article(background)} {background} background"
     return {"full": f"{' and '.join(actions)} over {background_caption}", "background": background_caption,
             "foregrounds": actions if foreground_motion else [layer.caption for layer in layers]}
 
 
-def rewrite_captions(folder: str | os.PathLike, foreground_motion: bool = True) -> int:
+def rewrite_captions(folder: str | os.PathLike, foreground_motion: bool = False) -> int:
     """Set the captions of every synthetic sample folder under `folder` from its recorded spec (metadata.json
     "synthetic"), each file replaced atomically; the videos stay. Returns the number of samples."""
     count = 0
@@ -348,7 +347,7 @@ def _choose_layers(count: int, background: str, split: str, rng: random.Random) 
 
 def generate_sample(seed: int, frames: int = 17, height: int = 64, width: int = 64, max_foregrounds: int = 3,
                     split: str = "train", num_foregrounds: int | None = None,
-                    static_camera: bool = False) -> LayeredSample:
+                    static_camera: bool = False, foreground_motion: bool = False) -> LayeredSample:
     """One layered sample, a pure function of its arguments.
 
     num_foregrounds: 1..3, or None to draw it uniformly from 1..max_foregrounds. split: "train" (no held-out
@@ -388,7 +387,8 @@ def generate_sample(seed: int, frames: int = 17, height: int = 64, width: int = 
     foregrounds, alphas = torch.stack(colours), torch.stack(alphas)
     full = recompose(background, list(premultiply(foregrounds, alphas)), list(alphas))
     return LayeredSample(full=full, background=background, foregrounds=foregrounds, alphas=alphas,
-                         captions=captions_for(layers, background_name), background_name=background_name,
+                         captions=captions_for(layers, background_name, foreground_motion),
+                         background_name=background_name,
                          layers=layers, seed=seed, split=split, info={"least_gap_pixels": best_gap})
 
 

@@ -93,12 +93,13 @@ def trajectory_ratio(points: list[tuple[float, float] | None]) -> float | None:
 
 
 def prompted_direction(full_prompt: str, foreground_prompt: str = "") -> str | None:
-    """The direction word that follows the foreground's caption in the full prompt (else the first one there)."""
+    """The direction word in the foreground's caption or right after it in the full prompt (else the first one in
+    the full prompt)."""
     text = full_prompt.lower()
     start = text.find(foreground_prompt.lower()) if foreground_prompt else -1
-    if start >= 0:  # the clause of this foreground: up to the next "and" / "over"
+    if start >= 0:  # the caption and the clause it starts: up to the next "and" / "over"
         clause = re.split(r"\b(?:and|over)\b", text[start + len(foreground_prompt):], maxsplit=1)[0]
-        for word in re.findall(r"[a-z]+", clause):
+        for word in re.findall(r"[a-z]+", foreground_prompt.lower() + " " + clause):
             if word in DIRECTION_WORDS:
                 return DIRECTION_WORDS[word]
         return None
