@@ -37,7 +37,7 @@ from layert2v_core.mask_modes import choose_mask_mode, load_mask_mode  # noqa: E
 from layert2v_core.model_folder import DEMO_DIT, find_components, generation_settings  # noqa: E402
 from layert2v_core.vae import load_vae  # noqa: E402
 from layert2v_core.video_io import write_animated_webp  # noqa: E402
-from train.synthetic import PALETTE, generate_sample, write_sample  # noqa: E402
+from train.synthetic import FOREGROUND_CAPTIONS, PALETTE, generate_sample, write_sample  # noqa: E402
 
 # Guidance 2: on the previous build's held-out prompts, 4 gave 54% colour matches and 58% separated pairs, 2 gave 75%
 # and 83% (1.5: 88% and 67%; 1: alphas broke into pieces).
@@ -290,7 +290,8 @@ def _pct(value) -> str:
 
 def evaluate_and_write_card(folder: Path, work: Path, frames: int, size: int, fps: float = 8.0,
                             previous: dict | None = None, **counts) -> dict:
-    """Evaluate (counts: seeds, two_fg_seeds, steps, foreground_motion); write evaluation.json, previews, contact sheets and README.md.
+    """Evaluate (counts: seeds, two_fg_seeds, steps, foreground_motion); write evaluation.json, previews, contact
+    sheets and README.md.
 
     previous: the evaluation.json of the model this one replaces, shown beside it (default: the one the folder's
     own evaluation.json carries)."""
@@ -321,7 +322,7 @@ def main(argv: list[str] | None = None) -> int:
     report = evaluate_and_write_card(Path(args.folder), Path(args.work), args.frames or settings.get("frames", 9),
                                      args.size or settings.get("height", 48), fps=settings.get("fps", 8.0),
                                      steps=settings.get("steps", SAMPLING["steps"]),
-                                     foreground_motion=plan.get("foreground_captions") == "shape and motion")
+                                     foreground_motion=FOREGROUND_CAPTIONS[plan.get("foreground_captions", "shape")])
     print(json.dumps({run: r["aggregate"] for run, r in report["runs"].items()}, indent=2))
     return 0
 

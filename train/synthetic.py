@@ -173,6 +173,10 @@ def captions_for(layers: list[ForegroundSpec], background: str, foreground_motio
             "foregrounds": actions if foreground_motion else [layer.caption for layer in layers]}
 
 
+# Caption styles of a foreground, by name (the demo build's plan names one): with or without its motion.
+FOREGROUND_CAPTIONS = {"shape": False, "shape and motion": True}
+
+
 def rewrite_captions(folder: str | os.PathLike, foreground_motion: bool = False) -> int:
     """Set the captions of every synthetic sample folder under `folder` from its recorded spec (metadata.json
     "synthetic"), each file replaced atomically; the videos stay. Returns the number of samples."""

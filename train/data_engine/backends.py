@@ -56,9 +56,7 @@ def _vlm_client(args: argparse.Namespace):
 
     if "transformers" in (args.annotator, args.checker):
         _need(args.vlm_folder, "--vlm-folder", "transformers")
-        vlm = TransformersVLM.from_pretrained(args.vlm_folder, device=args.device)
-        vlm.max_tokens = args.vlm_max_tokens
-        return vlm
+        return TransformersVLM.from_pretrained(args.vlm_folder, device=args.device, max_tokens=args.vlm_max_tokens)
     _need(args.vlm_url, "--vlm-url", "openai")
     _need(args.vlm_model, "--vlm-model", "openai")
     return OpenAIVLM(args.vlm_url, args.vlm_model, api_key=os.environ.get(args.vlm_key_env) or "EMPTY",

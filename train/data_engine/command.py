@@ -68,12 +68,11 @@ def _read_result(out: Path, name: str, stage: str, like: torch.Tensor) -> torch.
                 frames, _ = read_video(path)
             except (OSError, ValueError, RuntimeError) as error:
                 raise Rejection(stage, f"the {stage} command's {path.name} is unreadable: {error}") from None
-            frames = torch.from_numpy(frames.copy())
             count, height, width = like.shape[:3]
             if frames.shape[0] < count:
                 raise Rejection(stage, f"the {stage} command's {path.name} has {frames.shape[0]} frames, the clip "
                                        f"{count}")
-            frames = frames[:count, ..., :3].float()
+            frames = torch.from_numpy(frames[:count, ..., :3].copy())
             if frames.shape[1:3] != (height, width):
                 frames = F.interpolate(frames.permute(0, 3, 1, 2), size=(height, width), mode="bilinear",
                                        align_corners=False, antialias=True).permute(0, 2, 3, 1)

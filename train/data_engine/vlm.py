@@ -1,8 +1,7 @@
 """The two vision-language stages (annotation, quality control) on any chat model that takes images, e.g.
 Qwen3-VL served by vLLM or SGLang, or a hosted API, through the `openai` client, or run in this process through
-transformers. A model is anything with
-`chat(system, parts, stage) -> str`, parts being text strings and images [H, W, 3] in [0, 1]; its answers are
-checked by the pipeline (stages.parse_annotation / parse_scores).
+transformers. A model is anything with `chat(system, parts, stage) -> str`, parts being text strings and images
+[H, W, 3] in [0, 1]; its answers are checked by the pipeline (stages.parse_annotation / parse_scores).
 """
 from __future__ import annotations
 
@@ -103,7 +102,8 @@ class TransformersVLM:
             raise ValueError(f"the VLM's tokenizer has no {image_token} token: not a Qwen-VL style model")
 
     @classmethod
-    def from_pretrained(cls, path: str, device: str = "cuda", dtype: str | None = None) -> "TransformersVLM":
+    def from_pretrained(cls, path: str, device: str = "cuda", dtype: str | None = None,
+                        max_tokens: int = 1024) -> "TransformersVLM":
         """dtype: bfloat16 on a GPU, float32 on CPU unless given."""
         import transformers
 
@@ -116,7 +116,7 @@ class TransformersVLM:
                 tokenizer.chat_template = json.loads((folder / "chat_template.json").read_text())["chat_template"]
         dtype = dtype or ("bfloat16" if str(device).startswith("cuda") else "float32")
         model = transformers.AutoModelForImageTextToText.from_pretrained(path, dtype=getattr(torch, dtype))
-        return cls(model.to(device), tokenizer, transformers.AutoImageProcessor.from_pretrained(path))
+        return cls(model.to(device), tokenizer, transformers.AutoImageProcessor.from_pretrained(path), max_tokens)
 
     @torch.inference_mode()
     def chat(self, system: str, parts: Sequence[Part], stage: str) -> str:
