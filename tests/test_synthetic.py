@@ -68,6 +68,33 @@ def test_alpha_is_soft_only_at_the_edges_and_foregrounds_move():
         assert not torch.equal(sample.background[:, 0], sample.background[:, -1]), "backgrounds drift"
 
 
+
+def _centroids(alpha: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Alpha-weighted centre x, y [T] in pixels (pixel centres at +0.5, as the generator draws them)."""
+    weight = alpha[0]
+    grid = torch.arange(weight.shape[-1], dtype=torch.float32) + 0.5
+    total = weight.sum((1, 2))
+    return (weight * grid).sum((1, 2)) / total, (weight * grid[:, None]).sum((1, 2)) / total
+
+
+@pytest.mark.parametrize("travel", [(0.2, 0.4), (0.4, 0.55)])
+def test_foregrounds_travel_the_prompted_way_by_the_asked_distance(travel):
+    size = 64
+    for sample in _samples(8, num_foregrounds=1, frames=17, height=size, width=size, travel=travel):
+        x, y = _centroids(sample.alphas[0])
+        dx, dy = MOTIONS[sample.layers[0].motion]
+        along = float((x[-1] - x[0]) * dx + (y[-1] - y[0]) * dy)
+        across = float((x[-1] - x[0]) * dy - (y[-1] - y[0]) * dx)
+        # the centroid of a slightly turning shape is within half a pixel of its centre
+        assert travel[0] * size - 0.5 <= along <= travel[1] * size + 0.5, (sample.seed, along)
+        assert abs(across) < 0.5
+        # the whole shape stays in frame, so a long travel starts near the edge it leaves from
+        alpha = sample.alphas[0, 0]
+        assert max(float(edge.max()) for edge in (alpha[:, 0], alpha[:, -1], alpha[:, :, 0], alpha[:, :, -1])) < 0.05
+        if travel[0] >= 0.4:
+            start = float(x[0] * dx + y[0] * dy) if dx + dy > 0 else float(size - (x[0] * -dx + y[0] * -dy))
+            assert start < size / 2, (sample.seed, start)
+
 def test_captions_name_the_layers_in_the_vocabulary():
     vocabulary = set(caption_vocabulary())
     assert set(PALETTE) | set(SHAPES) | set(MOTIONS) <= vocabulary

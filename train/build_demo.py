@@ -36,7 +36,8 @@ from train.dit_task import DiTTask, MultiForegroundTask  # noqa: E402
 from train.evaluate_demo import SAMPLING, evaluate_and_write_card, previous_summary  # noqa: E402
 from train.loop import train  # noqa: E402
 from train.mask_vae_task import MaskVAETask  # noqa: E402
-from train.synthetic import FOREGROUND_CAPTIONS, caption_vocabulary, rewrite_captions, write_dataset  # noqa: E402
+from train.synthetic import (FOREGROUND_CAPTIONS, TRAVEL, caption_vocabulary, rewrite_captions,  # noqa: E402
+                             write_dataset)
 from train.tiny_models import example_sentences, tiny_dit_config, write_text_encoder  # noqa: E402
 from train.vae_task import VAETask  # noqa: E402
 
@@ -64,14 +65,14 @@ FULL = dict(frames=17, size=64, single=600, multi=400, text_dim=4096,
             text_encoder=dict(layers=2, heads=2, d_kv=8, d_ff=32), vae_width=8, vae_foreground_weight=20.0,
             vae_temporal_weight=2.0, vae_image_steps=800, vae_image_batch=16, vae_steps=1000, vae_batch=2,
             vae_lr=2e-3, vae_clip_lr=3e-4, mask_steps=200, stage2_steps=9000, stage3_steps=2000, lambda_mask=0.0,
-            batch=8, text_dropout=0.1, foreground_captions="shape",
+            batch=8, text_dropout=0.1, foreground_captions="shape", travel=list(TRAVEL),
             dit=dict(dim=128, ffn_dim=512, num_heads=1, num_layers=4, freq_dim=256),
             eval=dict(seeds=24, two_fg_seeds=12, steps=25), fps=8.0)
 QUICK = dict(frames=5, size=32, single=8, multi=6, text_dim=32, text_encoder=dict(layers=2, heads=2), vae_width=8,
              vae_foreground_weight=20.0, vae_temporal_weight=1.0, vae_image_steps=3, vae_image_batch=4, vae_steps=3,
              vae_batch=2, vae_lr=2e-3,
              vae_clip_lr=3e-4, mask_steps=3, stage2_steps=3, stage3_steps=3, lambda_mask=0.1, batch=2,
-             text_dropout=0.1, foreground_captions="shape",
+             text_dropout=0.1, foreground_captions="shape", travel=list(TRAVEL),
              dit=dict(dim=128, ffn_dim=128, num_heads=1, num_layers=2),
              eval=dict(seeds=2, two_fg_seeds=1, steps=3), fps=8.0)
 # A foreground's caption names its shape ("a red star"), or also its motion ("a red star moves left") with "shape and
@@ -104,7 +105,7 @@ def stage_config(plan: dict, work: Path, name: str, **options) -> "TrainConfig":
 # plan, the first phase that reads a changed entry and every phase after it run again from nothing; those before it
 # stay (so a new DiT schedule reuses the VAEs and the cache).
 PHASES = (
-    ("synthetic data", ("frames", "size", "single", "multi"), ("data_single", "data_multi")),
+    ("synthetic data", ("frames", "size", "single", "multi", "travel"), ("data_single", "data_multi")),
     ("vae frames", ("vae_width", "vae_foreground_weight", "vae_temporal_weight", "vae_image_steps",
                     "vae_image_batch", "vae_lr"), ("vae_frames",)),
     ("vae clips", ("vae_steps", "vae_batch", "vae_clip_lr"), ("vae", "parts/vae.safetensors")),
@@ -188,7 +189,8 @@ def build(out: Path, work: Path, plan: dict, evaluate: bool = True, resume: bool
     def data() -> None:
         for folder, samples, seed, most in ((data1, plan["single"], 1, 1), (data_multi, plan["multi"], 2, 3)):
             shutil.rmtree(folder, ignore_errors=True)  # a phase cut short left part of it
-            write_dataset(folder, samples=samples, seed=seed, max_foregrounds=most, **size)
+            write_dataset(folder, samples=samples, seed=seed, max_foregrounds=most, travel=tuple(plan["travel"]),
+                          **size)
 
     def parts_from_nothing() -> None:
         parts.mkdir(parents=True, exist_ok=True)
@@ -280,7 +282,7 @@ def build(out: Path, work: Path, plan: dict, evaluate: bool = True, resume: bool
     if evaluate:
         evaluate_and_write_card(out, work / "evaluation", frames=plan["frames"], size=plan["size"], fps=plan["fps"],
                                 previous=json.loads(previous.read_text()) if previous.exists() else None,
-                                foreground_motion=foreground_motion, **plan["eval"])
+                                foreground_motion=foreground_motion, travel=tuple(plan["travel"]), **plan["eval"])
     make_readable(out)
     return record
 

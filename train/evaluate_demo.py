@@ -37,7 +37,7 @@ from layert2v_core.mask_modes import choose_mask_mode, load_mask_mode  # noqa: E
 from layert2v_core.model_folder import DEMO_DIT, find_components, generation_settings  # noqa: E402
 from layert2v_core.vae import load_vae  # noqa: E402
 from layert2v_core.video_io import write_animated_webp  # noqa: E402
-from train.synthetic import FOREGROUND_CAPTIONS, PALETTE, generate_sample, write_sample  # noqa: E402
+from train.synthetic import FOREGROUND_CAPTIONS, PALETTE, TRAVEL, generate_sample, write_sample  # noqa: E402
 
 # Guidance 2: on the previous build's held-out prompts, 4 gave 54% colour matches and 58% separated pairs, 2 gave 75%
 # and 83% (1.5: 88% and 67%; 1: alphas broke into pieces).
@@ -49,10 +49,10 @@ PREVIOUS_RUN = "previous demo"
 
 
 def heldout_samples(frames: int, size: int, seeds: int = 24, two_fg_seeds: int = 12,
-                    foreground_motion: bool = False) -> list:
-    """The held-out synthetic samples: `seeds` with one foreground, `two_fg_seeds` with two; foreground captions in
-    the style the model was trained with (`foreground_motion`)."""
-    style = dict(split="eval", foreground_motion=foreground_motion)
+                    foreground_motion: bool = False, travel: tuple[float, float] = TRAVEL) -> list:
+    """The held-out synthetic samples: `seeds` with one foreground, `two_fg_seeds` with two; foreground captions and
+    travel as the model was trained with (`foreground_motion`, `travel`)."""
+    style = dict(split="eval", foreground_motion=foreground_motion, travel=tuple(travel))
     return ([generate_sample(1000 + s, frames, size, size, num_foregrounds=1, **style) for s in range(seeds)]
             + [generate_sample(2000 + s, frames, size, size, num_foregrounds=2, **style)
                for s in range(two_fg_seeds)])
@@ -83,10 +83,11 @@ def write_prompt_file(path: Path, samples: list) -> None:
 
 @torch.no_grad()
 def evaluate(folder: Path, work: Path, frames: int, size: int, seeds: int = 24, two_fg_seeds: int = 12,
-             steps: int = SAMPLING["steps"], fps: float = 8.0, foreground_motion: bool = False) -> dict:
+             steps: int = SAMPLING["steps"], fps: float = 8.0, foreground_motion: bool = False,
+             travel: tuple[float, float] = TRAVEL) -> dict:
     """Generate the held-out prompt file with the model in `folder`, write the truth, score both runs."""
     torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
-    samples = heldout_samples(frames, size, seeds, two_fg_seeds, foreground_motion)
+    samples = heldout_samples(frames, size, seeds, two_fg_seeds, foreground_motion, travel)
     write_prompt_file(folder / PROMPT_FILE, samples)
     generated, truth, trip = work / "samples", work / "truth", work / "round_trip"
     for stale in (generated, truth, trip):
@@ -290,8 +291,8 @@ def _pct(value) -> str:
 
 def evaluate_and_write_card(folder: Path, work: Path, frames: int, size: int, fps: float = 8.0,
                             previous: dict | None = None, **counts) -> dict:
-    """Evaluate (counts: seeds, two_fg_seeds, steps, foreground_motion); write evaluation.json, previews, contact
-    sheets and README.md.
+    """Evaluate (counts: seeds, two_fg_seeds, steps, foreground_motion, travel); write evaluation.json, previews,
+    contact sheets and README.md.
 
     previous: the evaluation.json of the model this one replaces, shown beside it (default: the one the folder's
     own evaluation.json carries)."""
@@ -317,12 +318,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", type=int, help="default: the folder's generation.json height, else 48")
     args = parser.parse_args(argv)
     settings = generation_settings(args.folder)
-    build = Path(args.folder) / "build.json"  # the caption style the model was trained with
+    build = Path(args.folder) / "build.json"  # the caption style and travel the model was trained with
     plan = json.loads(build.read_text())["plan"] if build.is_file() else {}
     report = evaluate_and_write_card(Path(args.folder), Path(args.work), args.frames or settings.get("frames", 9),
                                      args.size or settings.get("height", 48), fps=settings.get("fps", 8.0),
                                      steps=settings.get("steps", SAMPLING["steps"]),
-                                     foreground_motion=FOREGROUND_CAPTIONS[plan.get("foreground_captions", "shape")])
+                                     foreground_motion=FOREGROUND_CAPTIONS[plan.get("foreground_captions", "shape")],
+                                     travel=tuple(plan.get("travel", TRAVEL)))
     print(json.dumps({run: r["aggregate"] for run, r in report["runs"].items()}, indent=2))
     return 0
 

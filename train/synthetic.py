@@ -297,9 +297,17 @@ class _Path:
         return self.start[0] + self.travel[0] * t, self.start[1] + self.travel[1] * t
 
 
-def _plan_path(motion: str, radius: float, height: int, width: int, rng: random.Random) -> _Path:
+# How far a foreground travels over the clip, in frame sizes (drawn uniformly). A longer travel ties the side it
+# starts on to its direction, so the prompted direction decides much of what the clip shows.
+TRAVEL = (0.2, 0.4)
+
+
+def _plan_path(motion: str, radius: float, height: int, width: int, rng: random.Random,
+               travel_range: tuple[float, float] = TRAVEL) -> _Path:
     direction = MOTIONS[motion]
-    travel_length = rng.uniform(0.2, 0.4) * min(height, width)
+    size = min(height, width)
+    most = max(0.0, size - 2 * radius * SHAPE_EXTENT) / size  # the whole path keeps the shape in frame
+    travel_length = rng.uniform(min(travel_range[0], most), min(travel_range[1], most)) * size
     travel = (direction[0] * travel_length, direction[1] * travel_length)
     margin = radius * SHAPE_EXTENT  # the whole shape stays in frame, so its alpha always shows the shape
     low_x, high_x = margin - min(travel[0], 0), width - margin - max(travel[0], 0)
@@ -351,12 +359,13 @@ def _choose_layers(count: int, background: str, split: str, rng: random.Random) 
 
 def generate_sample(seed: int, frames: int = 17, height: int = 64, width: int = 64, max_foregrounds: int = 3,
                     split: str = "train", num_foregrounds: int | None = None,
-                    static_camera: bool = False, foreground_motion: bool = False) -> LayeredSample:
+                    static_camera: bool = False, foreground_motion: bool = False,
+                    travel: tuple[float, float] = TRAVEL) -> LayeredSample:
     """One layered sample, a pure function of its arguments.
 
     num_foregrounds: 1..3, or None to draw it uniformly from 1..max_foregrounds. split: "train" (no held-out
     combination) or "eval" (only held-out combinations). static_camera: the background texture stands still (a
-    locked-off camera) instead of drifting.
+    locked-off camera) instead of drifting. travel: the range of a foreground's travel over the clip, in frame sizes.
     """
     if split not in ("train", "eval"):
         raise ValueError(f"split must be 'train' or 'eval', got {split!r}")
@@ -380,7 +389,8 @@ def generate_sample(seed: int, frames: int = 17, height: int = 64, width: int = 
     best_paths, best_gap = None, -math.inf
     for _ in range(100):
         radius = max(rng.uniform(*radius_range) * size, MIN_RADIUS_PIXELS)
-        paths = [_plan_path(layer.motion, radius * rng.uniform(0.9, 1.1), height, width, rng) for layer in layers]
+        paths = [_plan_path(layer.motion, radius * rng.uniform(0.9, 1.1), height, width, rng, travel)
+                 for layer in layers]
         gap = _least_gap(paths, t)
         if gap > best_gap:
             best_paths, best_gap = paths, gap
@@ -410,13 +420,14 @@ def write_sample(sample: LayeredSample, folder: str | os.PathLike, lossless: boo
 
 def write_dataset(out: str | os.PathLike, samples: int, seed: int = 0, frames: int = 17, height: int = 64,
                   width: int = 64, max_foregrounds: int = 3, split: str = "train", lossless: bool = False,
-                  jsonl: bool = False, fps: float = 16.0, static_camera: bool = False) -> list[Path]:
+                  jsonl: bool = False, fps: float = 16.0, static_camera: bool = False,
+                  travel: tuple[float, float] = TRAVEL) -> list[Path]:
     """Generate and write `samples` sample folders out/sample_00000 ...; with jsonl, also out/samples.jsonl."""
     out = Path(out)
     folders = []
     for index in range(samples):
         sample = generate_sample(sample_seed(seed, index), frames, height, width, max_foregrounds, split,
-                                 static_camera=static_camera)
+                                 static_camera=static_camera, travel=travel)
         folders.append(write_sample(sample, out / f"sample_{index:05d}", lossless=lossless, fps=fps))
     if jsonl:
         write_jsonl(out / "samples.jsonl", folders)
