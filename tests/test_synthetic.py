@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from layert2v_core.composite import consistency_error
+from layert2v_core.evaluation.layer_metrics import centroids
 from train.synthetic import (BACKGROUNDS, MOTIONS, PALETTE, SHAPES, caption_vocabulary, colour_fraction,
                              generate_sample, is_held_out, main, rewrite_captions, sample_seed, write_sample)
 
@@ -69,22 +70,13 @@ def test_alpha_is_soft_only_at_the_edges_and_foregrounds_move():
 
 
 
-def _centroids(alpha: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Alpha-weighted centre x, y [T] in pixels (pixel centres at +0.5, as the generator draws them)."""
-    weight = alpha[0]
-    grid = torch.arange(weight.shape[-1], dtype=torch.float32) + 0.5
-    total = weight.sum((1, 2))
-    return (weight * grid).sum((1, 2)) / total, (weight * grid[:, None]).sum((1, 2)) / total
-
-
 @pytest.mark.parametrize("travel", [(0.2, 0.4), (0.4, 0.55)])
 def test_foregrounds_travel_the_prompted_way_by_the_asked_distance(travel):
     size = 64
     for sample in _samples(8, num_foregrounds=1, frames=17, height=size, width=size, travel=travel):
-        x, y = _centroids(sample.alphas[0])
+        (x0, y0), (x1, y1) = (centroids(sample.alphas[0])[i] for i in (0, -1))
         dx, dy = MOTIONS[sample.layers[0].motion]
-        along = float((x[-1] - x[0]) * dx + (y[-1] - y[0]) * dy)
-        across = float((x[-1] - x[0]) * dy - (y[-1] - y[0]) * dx)
+        along, across = (x1 - x0) * dx + (y1 - y0) * dy, (x1 - x0) * dy - (y1 - y0) * dx
         # the centroid of a slightly turning shape is within half a pixel of its centre
         assert travel[0] * size - 0.5 <= along <= travel[1] * size + 0.5, (sample.seed, along)
         assert abs(across) < 0.5
@@ -92,8 +84,10 @@ def test_foregrounds_travel_the_prompted_way_by_the_asked_distance(travel):
         alpha = sample.alphas[0, 0]
         assert max(float(edge.max()) for edge in (alpha[:, 0], alpha[:, -1], alpha[:, :, 0], alpha[:, :, -1])) < 0.05
         if travel[0] >= 0.4:
-            start = float(x[0] * dx + y[0] * dy) if dx + dy > 0 else float(size - (x[0] * -dx + y[0] * -dy))
-            assert start < size / 2, (sample.seed, start)
+            position = x0 if dx else y0
+            from_edge = position if dx + dy > 0 else size - position  # from the edge it leaves
+            assert from_edge < size / 2, (sample.seed, from_edge)
+
 
 def test_captions_name_the_layers_in_the_vocabulary():
     vocabulary = set(caption_vocabulary())

@@ -195,8 +195,7 @@ def build(out: Path, work: Path, plan: dict, evaluate: bool = True, resume: bool
     def data() -> None:
         for folder, samples, seed, most in ((data1, plan["single"], 1, 1), (data_multi, plan["multi"], 2, 3)):
             shutil.rmtree(folder, ignore_errors=True)  # a phase cut short left part of it
-            write_dataset(folder, samples=samples, seed=seed, max_foregrounds=most, travel=tuple(plan["travel"]),
-                          **size)
+            write_dataset(folder, samples=samples, seed=seed, max_foregrounds=most, travel=plan["travel"], **size)
 
     def parts_from_nothing() -> None:
         parts.mkdir(parents=True, exist_ok=True)
@@ -288,7 +287,7 @@ def build(out: Path, work: Path, plan: dict, evaluate: bool = True, resume: bool
     if evaluate:
         evaluate_and_write_card(out, work / "evaluation", frames=plan["frames"], size=plan["size"], fps=plan["fps"],
                                 previous=json.loads(previous.read_text()) if previous.exists() else None,
-                                foreground_motion=foreground_motion, travel=tuple(plan["travel"]), **plan["eval"])
+                                foreground_motion=foreground_motion, travel=plan["travel"], **plan["eval"])
     make_readable(out)
     return record
 

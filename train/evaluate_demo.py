@@ -18,6 +18,7 @@ import os
 import shutil
 import sys
 from pathlib import Path
+from typing import Sequence
 
 if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -49,10 +50,10 @@ PREVIOUS_RUN = "previous demo"
 
 
 def heldout_samples(frames: int, size: int, seeds: int = 24, two_fg_seeds: int = 12,
-                    foreground_motion: bool = False, travel: tuple[float, float] = TRAVEL) -> list:
+                    foreground_motion: bool = False, travel: Sequence[float] = TRAVEL) -> list:
     """The held-out synthetic samples: `seeds` with one foreground, `two_fg_seeds` with two; foreground captions and
     travel as the model was trained with (`foreground_motion`, `travel`)."""
-    style = dict(split="eval", foreground_motion=foreground_motion, travel=tuple(travel))
+    style = dict(split="eval", foreground_motion=foreground_motion, travel=travel)
     return ([generate_sample(1000 + s, frames, size, size, num_foregrounds=1, **style) for s in range(seeds)]
             + [generate_sample(2000 + s, frames, size, size, num_foregrounds=2, **style)
                for s in range(two_fg_seeds)])
@@ -84,7 +85,7 @@ def write_prompt_file(path: Path, samples: list) -> None:
 @torch.no_grad()
 def evaluate(folder: Path, work: Path, frames: int, size: int, seeds: int = 24, two_fg_seeds: int = 12,
              steps: int = SAMPLING["steps"], fps: float = 8.0, foreground_motion: bool = False,
-             travel: tuple[float, float] = TRAVEL) -> dict:
+             travel: Sequence[float] = TRAVEL) -> dict:
     """Generate the held-out prompt file with the model in `folder`, write the truth, score both runs."""
     torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
     samples = heldout_samples(frames, size, seeds, two_fg_seeds, foreground_motion, travel)
@@ -324,7 +325,7 @@ def main(argv: list[str] | None = None) -> int:
                                      args.size or settings.get("height", 48), fps=settings.get("fps", 8.0),
                                      steps=settings.get("steps", SAMPLING["steps"]),
                                      foreground_motion=FOREGROUND_CAPTIONS[plan.get("foreground_captions", "shape")],
-                                     travel=tuple(plan.get("travel", TRAVEL)))
+                                     travel=plan.get("travel", TRAVEL))
     print(json.dumps({run: r["aggregate"] for run, r in report["runs"].items()}, indent=2))
     return 0
 

@@ -30,7 +30,7 @@ import random
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 if __package__ in (None, ""):  # run as `python train/synthetic.py`: make the repo's packages importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -303,13 +303,13 @@ TRAVEL = (0.2, 0.4)
 
 
 def _plan_path(motion: str, radius: float, height: int, width: int, rng: random.Random,
-               travel_range: tuple[float, float] = TRAVEL) -> _Path:
+               travel_range: Sequence[float] = TRAVEL) -> _Path:
     direction = MOTIONS[motion]
+    margin = radius * SHAPE_EXTENT  # the whole shape stays in frame, so its alpha always shows the shape
     size = min(height, width)
-    most = max(0.0, size - 2 * radius * SHAPE_EXTENT) / size  # the whole path keeps the shape in frame
+    most = max(0.0, size - 2 * margin) / size
     travel_length = rng.uniform(min(travel_range[0], most), min(travel_range[1], most)) * size
     travel = (direction[0] * travel_length, direction[1] * travel_length)
-    margin = radius * SHAPE_EXTENT  # the whole shape stays in frame, so its alpha always shows the shape
     low_x, high_x = margin - min(travel[0], 0), width - margin - max(travel[0], 0)
     low_y, high_y = margin - min(travel[1], 0), height - margin - max(travel[1], 0)
     start = (rng.uniform(low_x, max(low_x, high_x)), rng.uniform(low_y, max(low_y, high_y)))
@@ -360,7 +360,7 @@ def _choose_layers(count: int, background: str, split: str, rng: random.Random) 
 def generate_sample(seed: int, frames: int = 17, height: int = 64, width: int = 64, max_foregrounds: int = 3,
                     split: str = "train", num_foregrounds: int | None = None,
                     static_camera: bool = False, foreground_motion: bool = False,
-                    travel: tuple[float, float] = TRAVEL) -> LayeredSample:
+                    travel: Sequence[float] = TRAVEL) -> LayeredSample:
     """One layered sample, a pure function of its arguments.
 
     num_foregrounds: 1..3, or None to draw it uniformly from 1..max_foregrounds. split: "train" (no held-out
@@ -421,7 +421,7 @@ def write_sample(sample: LayeredSample, folder: str | os.PathLike, lossless: boo
 def write_dataset(out: str | os.PathLike, samples: int, seed: int = 0, frames: int = 17, height: int = 64,
                   width: int = 64, max_foregrounds: int = 3, split: str = "train", lossless: bool = False,
                   jsonl: bool = False, fps: float = 16.0, static_camera: bool = False,
-                  travel: tuple[float, float] = TRAVEL) -> list[Path]:
+                  travel: Sequence[float] = TRAVEL) -> list[Path]:
     """Generate and write `samples` sample folders out/sample_00000 ...; with jsonl, also out/samples.jsonl."""
     out = Path(out)
     folders = []
