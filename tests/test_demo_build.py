@@ -26,8 +26,8 @@ def test_quick_build_makes_a_usable_model_folder(tmp_path):
             previews.load()  # Pillow fills in a WEBP frame's duration when it decodes it
             durations.append(previews.info["duration"])
         assert abs(sum(durations) - QUICK["frames"] * 1000 / QUICK["fps"]) <= QUICK["frames"]
-    assert set(record["seconds"]) == {"synthetic data", "text encoder and initial DiT", "vae frames", "vae clips",
-                                      "stage 1", "captions", "cache", "stage 2", "stage 3"}
+    assert set(record["seconds"]) == {"synthetic data", "text encoder", "vae frames", "vae clips", "stage 1",
+                                      "captions", "cache", "initial DiT", "stage 2", "stage 3"}
     for path in out.rglob("*"):  # a model folder is copied between users: everything readable by all
         assert path.stat().st_mode & stat.S_IROTH, path
     report = json.loads((out / "evaluation.json").read_text())
@@ -104,9 +104,14 @@ def test_a_changed_plan_reruns_the_phases_it_touches_and_those_after(tmp_path):
     assert (work / "cache_single").exists() and (work / "vae").exists()
     assert not (work / build_demo.PREVIOUS).exists()  # the replaced model is the one the old plan built
     assert resumed.record["replanned"][-1] == {"changed": ["stage2_steps"], "rerun": ["stage 2", "stage 3"]}
-    vae = build_demo.Phases(work, {**longer, "vae_steps": 5}, resume=True)
+    wider = build_demo.Phases(work, {**longer, "dit": {**QUICK["dit"], "num_layers": 3}}, resume=True)
+    assert [n for n in names if not wider.done(n)] == ["initial DiT", "stage 2", "stage 3"]  # the cache is kept
+    assert (work / "cache_single").exists() and not (work / "parts/dit_init.safetensors").exists()
+    for name in names:
+        wider.run(name, lambda: None)
+    vae = build_demo.Phases(work, {**wider.record["plan"], "vae_steps": 5}, resume=True)
     assert [n for n in names if not vae.done(n)] == names[names.index("vae clips"):]
     for name in names:
         vae.run(name, lambda: None)
-    evaluation = build_demo.Phases(work, {**longer, "vae_steps": 5, "eval": {}}, resume=True)
+    evaluation = build_demo.Phases(work, {**vae.record["plan"], "eval": {}}, resume=True)
     assert all(evaluation.done(n) for n in names)  # a new evaluation trains nothing again

@@ -16,6 +16,16 @@ def test_flow_matching_is_zero_for_the_true_velocity_and_x0_is_recovered():
     assert flow_matching_loss(torch.zeros_like(x0), x0, noise) == pytest.approx(((noise - x0) ** 2).mean().item())
 
 
+def test_weighted_flow_matching_is_the_weighted_mean_of_the_squared_errors():
+    x0, noise, velocity = torch.randn(2, 4, 3, 2, 2), torch.randn(2, 4, 3, 2, 2), torch.randn(2, 4, 3, 2, 2)
+    plain = flow_matching_loss(velocity, x0, noise)
+    assert torch.allclose(flow_matching_loss(velocity, x0, noise, torch.full((2, 1, 3, 2, 2), 7.0)), plain, atol=1e-6)
+    region = torch.zeros(2, 1, 3, 2, 2)
+    region[0, :, 1, 0, 1] = 1  # one latent position of one sample: the loss is its error alone
+    error = (velocity - (noise - x0))[0, :, 1, 0, 1] ** 2
+    assert torch.allclose(flow_matching_loss(velocity, x0, noise, region), error.mean(), atol=1e-6)
+
+
 def test_sigmas_are_logit_normal():
     g = torch.Generator().manual_seed(0)
     s = sample_sigmas(20000, g, mean=0.5, std=1.0)

@@ -335,6 +335,25 @@ def test_vgg_perceptual_term_from_torchvision_layout(world, tmp_path):
     train(task, c)
 
 
+def test_the_foreground_weight_falls_on_the_foregrounds_positions_in_every_segment(world, tmp_path):
+    from train.dit_task import foreground_weight
+    first, second = torch.zeros(1, 1, 2, 2, 2), torch.zeros(1, 1, 2, 2, 2)
+    first[0, 0, 0, 0, 0], second[0, 0, 1, 1, 1], second[0, 0, 0, 0, 0] = 0.5, 1.0, 0.25
+    weight = foreground_weight([first, second], 10.0, segments=3)
+    expected = torch.ones(1, 1, 2, 2, 2)
+    expected[0, 0, 0, 0, 0], expected[0, 0, 1, 1, 1] = 6.0, 11.0  # the union of the two, 1 + 10 x alpha
+    assert torch.equal(weight, torch.cat([expected] * 3, dim=2)) and foreground_weight([first], 0.0, 3) is None
+    runs = {}
+    for w in ("0", "50"):
+        cfg = config(world, tmp_path / w, "--data", str(world / "single"), "--max-steps", "1", "--foreground-weight", w)
+        task = DiTTask(cfg)
+        runs[w] = task.loss(task.module, first_batch(task), torch.Generator().manual_seed(0))[1]["fm"]
+    assert runs["0"] != pytest.approx(runs["50"], rel=1e-3)  # the trainer's loss follows the option
+    train(task, cfg)
+    with pytest.raises(SystemExit, match="foreground_weight"):
+        config(world, tmp_path / "bad", "--data", str(world / "single"), "--foreground-weight", "-1")
+
+
 def test_text_dropout_trains_on_the_conditioning_guidance_uses_as_unconditional(world, tmp_path):
     from layert2v_core.text import encode_layer_prompts
     from train.dit_task import drop_text

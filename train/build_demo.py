@@ -65,15 +65,15 @@ FULL = dict(frames=17, size=64, single=600, multi=400, text_dim=4096,
             text_encoder=dict(layers=2, heads=2, d_kv=8, d_ff=32), vae_width=8, vae_foreground_weight=20.0,
             vae_temporal_weight=2.0, vae_image_steps=800, vae_image_batch=16, vae_steps=1000, vae_batch=2,
             vae_lr=2e-3, vae_clip_lr=3e-4, mask_steps=200, stage2_steps=9000, stage3_steps=2000, lambda_mask=0.0,
-            batch=8, text_dropout=0.1, foreground_captions="shape", travel=list(TRAVEL),
-            dit=dict(dim=128, ffn_dim=512, num_heads=1, num_layers=4, freq_dim=256),
+            batch=8, text_dropout=0.1, foreground_weight=0.0, ema_decay=0.0, foreground_captions="shape",
+            travel=list(TRAVEL), dit=dict(dim=128, ffn_dim=512, num_heads=1, num_layers=4, freq_dim=256),
             eval=dict(seeds=24, two_fg_seeds=12, steps=25), fps=8.0)
 QUICK = dict(frames=5, size=32, single=8, multi=6, text_dim=32, text_encoder=dict(layers=2, heads=2), vae_width=8,
              vae_foreground_weight=20.0, vae_temporal_weight=1.0, vae_image_steps=3, vae_image_batch=4, vae_steps=3,
              vae_batch=2, vae_lr=2e-3,
              vae_clip_lr=3e-4, mask_steps=3, stage2_steps=3, stage3_steps=3, lambda_mask=0.1, batch=2,
-             text_dropout=0.1, foreground_captions="shape", travel=list(TRAVEL),
-             dit=dict(dim=128, ffn_dim=128, num_heads=1, num_layers=2),
+             text_dropout=0.1, foreground_weight=10.0, ema_decay=0.999, foreground_captions="shape",
+             travel=list(TRAVEL), dit=dict(dim=128, ffn_dim=128, num_heads=1, num_layers=2),
              eval=dict(seeds=2, two_fg_seeds=1, steps=3), fps=8.0)
 # A foreground's caption names its shape ("a red star"), or also its motion ("a red star moves left") with "shape and
 # motion". The DiT ignores the prompted direction (same seed, any direction word: one path within 0.1 px), and with
@@ -116,11 +116,12 @@ PHASES = (
                     "vae_image_batch", "vae_lr"), ("vae_frames",)),
     ("vae clips", ("vae_steps", "vae_batch", "vae_clip_lr"), ("vae", "parts/vae.safetensors")),
     ("stage 1", ("mask_steps",), ("stage1", "parts/mask_vae.safetensors")),
-    ("text encoder and initial DiT", ("text_dim", "text_encoder", "dit"),
-     ("parts/text_encoder.safetensors", "parts/dit_init.safetensors")),
+    ("text encoder", ("text_dim", "text_encoder"), ("parts/text_encoder.safetensors",)),
     ("captions", ("foreground_captions",), ()),
     ("cache", (), ("cache_single", "cache_multi")),
-    ("stage 2", ("stage2_steps", "batch", "lambda_mask", "text_dropout"), ("stage2",)),
+    ("initial DiT", ("dit",), ("parts/dit_init.safetensors",)),  # after the cache: a new DiT shape reuses it
+    ("stage 2", ("stage2_steps", "batch", "lambda_mask", "text_dropout", "foreground_weight", "ema_decay"),
+     ("stage2",)),
     ("stage 3", ("stage3_steps",), ("stage3",)),
 )
 UNTRAINED = ("eval", "fps")  # plan entries no phase reads: the evaluation and the card follow them anyway
@@ -197,12 +198,14 @@ def build(out: Path, work: Path, plan: dict, evaluate: bool = True, resume: bool
             shutil.rmtree(folder, ignore_errors=True)  # a phase cut short left part of it
             write_dataset(folder, samples=samples, seed=seed, max_foregrounds=most, travel=plan["travel"], **size)
 
-    def parts_from_nothing() -> None:
+    def text_encoder() -> None:
         parts.mkdir(parents=True, exist_ok=True)
         sentences = example_sentences(caption_vocabulary(), count=2000) + [
             json.loads((p / "metadata.json").read_text())["captions"]["full"] for p in sorted(data1.iterdir())[:500]]
         write_text_encoder(parts / "text_encoder.safetensors", sentences, d_model=plan["text_dim"],
                            **plan["text_encoder"])
+
+    def initial_dit() -> None:
         torch.manual_seed(0)
         save_dit(WanDiT(tiny_dit_config(plan["text_dim"], 1, **plan["dit"])), parts / "dit_init.safetensors")
 
@@ -242,20 +245,21 @@ def build(out: Path, work: Path, plan: dict, evaluate: bool = True, resume: bool
             build_cache(stage_config(plan, work, name, data=str(folder), max_foregrounds=most, **model_parts),
                         work / name)
 
+    dit_loss = {key: plan[key] for key in ("lambda_mask", "text_dropout", "foreground_weight", "ema_decay")}
+
     def stage2() -> None:
         cfg = stage_config(plan, work, "stage2", data=str(work / "cache_single"), max_foregrounds=1, lora_rank=0,
                            dit=str(parts / "dit_init.safetensors"), max_steps=plan["stage2_steps"], lr=1e-3,
-                           warmup_steps=100, lambda_mask=plan["lambda_mask"], text_dropout=plan["text_dropout"],
-                           **model_parts)
+                           warmup_steps=100, **dit_loss, **model_parts)
         train(DiTTask(cfg), cfg)
 
     def stage3() -> None:
         cfg = stage_config(plan, work, "stage3", data=str(work / "cache_multi"), max_foregrounds=3, lora_rank=0,
                            dit=str(work / "stage2" / "final" / "dit.safetensors"), max_steps=plan["stage3_steps"],
-                           lr=5e-4, lambda_mask=plan["lambda_mask"], text_dropout=plan["text_dropout"], **model_parts)
+                           lr=5e-4, **dit_loss, **model_parts)
         train(MultiForegroundTask(cfg), cfg)
 
-    steps = {"synthetic data": data, "text encoder and initial DiT": parts_from_nothing, "vae frames": vae_frames,
+    steps = {"synthetic data": data, "text encoder": text_encoder, "initial DiT": initial_dit, "vae frames": vae_frames,
              "vae clips": vae_clips, "stage 1": stage1, "captions": captions, "cache": cache, "stage 2": stage2,
              "stage 3": stage3}
     for name, _, _ in PHASES:

@@ -56,6 +56,7 @@ class TrainConfig:
         "cross_attn.v", "cross_attn.o", "ffn.0", "ffn.2"])
     # loss weights
     lambda_cons: float = 0.1            # weight of the layer-consistency loss
+    foreground_weight: float = 0.0      # flow matching weighs latent positions a foreground covers 1 + this x alpha
     lambda_mask: float = 0.1            # weight of the alpha-matte reconstruction loss
     lambda_grad: float = 0.1            # weight of the matte gradient term
     lambda_edge: float = 1.0            # stage 1: weight of the edge loss
@@ -95,6 +96,8 @@ class TrainConfig:
             problems.append(f"mask_mode {self.mask_mode!r} cannot be trained here: this trainer keeps the alpha codec "
                             f"frozen, which the official code does for {list(FROZEN_MASK_MODES[1:])} (the others "
                             f"train their codec with the DiT)")
+        if self.foreground_weight < 0:
+            problems.append(f"foreground_weight must be >= 0, got {self.foreground_weight}")
         if not 0.0 <= self.text_dropout < 1.0:
             problems.append(f"text_dropout must be in [0, 1), got {self.text_dropout}")
         for name in ("batch_size", "grad_accum", "max_steps", "save_every", "log_every", "keep_last"):

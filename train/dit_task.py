@@ -66,6 +66,16 @@ def lora_pairs(values: dict[str, torch.Tensor]) -> dict[str, tuple[torch.Tensor,
     return {name: (down, values[f"{name}.lora_B.weight"]) for name, down in downs.items()}
 
 
+def foreground_weight(latent_alphas: list[torch.Tensor], weight: float, segments: int) -> torch.Tensor | None:
+    """Flow-matching weights over a serialized latent: 1 + weight x the union of the foregrounds' latent alphas, the
+    same map in every segment (a small foreground is a few latent positions; unweighted, its error is lost in the
+    background's); None for weight 0 (the paper's loss)."""
+    if weight == 0:
+        return None
+    union = torch.stack(latent_alphas).amax(0)  # [B, 1, T', h, w]
+    return (1 + weight * union).repeat(1, 1, segments, 1, 1)
+
+
 class DiTTask:
     name = "stage 2: layered generation"
 
@@ -154,11 +164,11 @@ class DiTTask:
         noise = torch.randn(x0.shape, generator=generator).to(device)
         z_t = noisy_latent(x0, noise, sigma)
         velocity = module(z_t, sigma * 1000, context.to(device), layer_spec=spec, prompt_lens=prompt_lens).float()
-        l_fm = flow_matching_loss(velocity, x0, noise)
         predicted, target = spec.split(predicted_x0(z_t, velocity, sigma)), spec.split(x0)
         _, _, frames, height, width = target["full"].shape
         alphas = batch["alphas"].to(device)
         small = [downsample_mask(alphas[:, i], frames, height, width) for i in range(spec.num_foregrounds)]
+        l_fm = flow_matching_loss(velocity, x0, noise, foreground_weight(small, cfg.foreground_weight, len(target)))
         fgs = [predicted[f"fg{i + 1}"] for i in range(spec.num_foregrounds)]
         l_cons = consistency_loss(fgs, predicted["bg"], target["full"], small)
         l_mask = torch.zeros((), device=device)

@@ -200,7 +200,9 @@ def model_card(report: dict, build: dict | None, previews: list[str], sheets: li
             f"- DiT: {plan['dit']}, text dim {plan['text_dim']} (umt5 {plan.get('text_encoder', {})}); stage 2 "
             f"(full weights, single foreground): {plan['stage2_steps']} steps; stage 3 (up to 3 foregrounds): "
             f"{plan['stage3_steps']} steps; batch {plan['batch']}; lambda_mask {plan['lambda_mask']}; "
-            f"{plan.get('text_dropout', 0):g} of the samples on the negative prompt (see train/build_demo.py)",
+            f"{plan.get('text_dropout', 0):g} of the samples on the negative prompt; flow matching weighs latent "
+            f"positions under a foreground 1 + {plan.get('foreground_weight', 0):g}·alpha; weights kept as an EMA "
+            f"with decay {plan.get('ema_decay', 0):g} (0: none) (see train/build_demo.py)",
             "- seconds per phase of the build: " + ", ".join(f"{k} {v}" for k, v in build["seconds"].items()),
             *[f"- the plan changed ({', '.join(r['changed'])}) and the build ran again: {', '.join(r['rerun'])}; the "
               f"phases before them were kept" for r in build.get("replanned", [])],

@@ -28,9 +28,14 @@ def noisy_latent(x0: torch.Tensor, noise: torch.Tensor, sigma: torch.Tensor) -> 
     return (1 - s) * x0 + s * noise
 
 
-def flow_matching_loss(velocity: torch.Tensor, x0: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-    """‖v_θ − (z_1 − z_0)‖² averaged over elements."""
-    return F.mse_loss(velocity.float(), (noise - x0).float())
+def flow_matching_loss(velocity: torch.Tensor, x0: torch.Tensor, noise: torch.Tensor,
+                       weight: torch.Tensor | None = None) -> torch.Tensor:
+    """‖v_θ − (z_1 − z_0)‖² averaged over elements, or their weighted mean with `weight` (broadcast to them)."""
+    if weight is None:
+        return F.mse_loss(velocity.float(), (noise - x0).float())
+    error = (velocity.float() - (noise - x0).float()) ** 2
+    weight = weight.float().expand_as(error)
+    return (weight * error).sum() / weight.sum()
 
 
 def predicted_x0(z_t: torch.Tensor, velocity: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
