@@ -59,13 +59,20 @@ from train.vae_task import VAETask  # noqa: E402
 # ComfyUI's own Wan loader reads any Wan2.1 file with a 256-wide time embedding and 4096-wide text input, so the DiT
 # has both (they cost nothing at this size) and the text encoder is umt5-xxl-wide but tiny behind its 4096 outputs:
 # the demo DiT then loads through Load Diffusion Model + Apply LayerT2V as well as through the pack's own loader.
+# A foreground is a few of the DiT's 4x4 tokens per latent frame: unweighted, its error is lost in the background's,
+# so flow matching weighs latent positions under a foreground 1 + 10·alpha, and the weights shipped are an EMA
+# (0.999). Both together, the same VAEs and cache, against the unweighted model without EMA on held-out prompts:
+# foregrounds present in >= 95% of frames 69% against 35%, shown in the full video 83% against 72%, the prompted
+# direction 23% against 17%, shape 25% against 10%, both of two foregrounds present 1 of 12 against 0; background
+# texture 58% against 61%, steady path 31% both, consistency error 0.059 against 0.041, temporal flickering of the
+# full video 0.9821 against 0.9841 (the truth's is 0.9780).
 # The DiT stages leave out the alpha-decoder loss (lambda_mask 0): decoding every predicted mask through the alpha VAE
 # is ~90% of a step of this small model; the quick plan keeps it on so the tests still run it.
 FULL = dict(frames=17, size=64, single=600, multi=400, text_dim=4096,
             text_encoder=dict(layers=2, heads=2, d_kv=8, d_ff=32), vae_width=8, vae_foreground_weight=20.0,
             vae_temporal_weight=2.0, vae_image_steps=800, vae_image_batch=16, vae_steps=1000, vae_batch=2,
             vae_lr=2e-3, vae_clip_lr=3e-4, mask_steps=200, stage2_steps=9000, stage3_steps=2000, lambda_mask=0.0,
-            batch=8, text_dropout=0.1, foreground_weight=0.0, ema_decay=0.0, foreground_captions="shape",
+            batch=8, text_dropout=0.1, foreground_weight=10.0, ema_decay=0.999, foreground_captions="shape",
             travel=list(TRAVEL), dit=dict(dim=128, ffn_dim=512, num_heads=1, num_layers=4, freq_dim=256),
             eval=dict(seeds=24, two_fg_seeds=12, steps=25), fps=8.0)
 QUICK = dict(frames=5, size=32, single=8, multi=6, text_dim=32, text_encoder=dict(layers=2, heads=2), vae_width=8,
