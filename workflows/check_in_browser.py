@@ -91,7 +91,7 @@ def main() -> None:
     parser.add_argument("--shots", type=Path, default=Path("shots"))
     parser.add_argument("--only", default="", help="run only the graphs whose path contains this text")
     args = parser.parse_args()
-    from playwright.sync_api import sync_playwright
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout, sync_playwright
 
     tiny_wan21_models(args.comfy / "models")
     args.shots.mkdir(parents=True, exist_ok=True)
@@ -104,7 +104,12 @@ def main() -> None:
         page.set_viewport_size({"width": 2800, "height": 1300})
         page.goto(args.server)
         page.wait_for_function("window.app && window.app.graph && window.LiteGraph", timeout=60_000)
-        page.keyboard.press("Escape")  # the template browser opens on a first visit
+        try:  # the template browser opens on a first visit, some moments after the app is ready
+            page.locator(".p-dialog").first.wait_for(state="visible", timeout=10_000)
+            page.keyboard.press("Escape")
+            page.locator(".p-dialog-mask").first.wait_for(state="detached", timeout=10_000)
+        except PlaywrightTimeout:
+            pass
         for relative in graphs:
             name = relative.stem.replace(" ", "_") + ("_wan21" if "wan21" in relative.parts else "")
             page.evaluate("async (graph) => { await app.loadGraphData(graph); }",
