@@ -119,6 +119,9 @@ def main() -> None:
                 page.evaluate(SMALL)
             page.evaluate(FIT)
             page.screenshot(path=str(args.shots / f"{name}_loaded.png"))
+            if page.locator(".p-dialog", has_text="Templates").count():  # a slow first visit opens it late
+                page.keyboard.press("Escape")
+                page.locator(".p-dialog-mask").first.wait_for(state="detached", timeout=10_000)
             start = time.perf_counter()
             page.get_by_role("button", name="Run", exact=True).first.click()
             time.sleep(1.0)
