@@ -83,6 +83,12 @@ def idle(server: str) -> bool:
     return not queue["queue_running"] and not queue["queue_pending"]
 
 
+def close_dialog(page) -> None:
+    """Close the open dialog as a user would (Escape) and wait until it no longer covers the canvas."""
+    page.keyboard.press("Escape")
+    page.locator(".p-dialog-mask").first.wait_for(state="detached", timeout=10_000)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--comfy", type=Path, required=True, help="the ComfyUI folder the server runs from")
@@ -106,8 +112,7 @@ def main() -> None:
         page.wait_for_function("window.app && window.app.graph && window.LiteGraph", timeout=60_000)
         try:  # the template browser opens on a first visit, some moments after the app is ready
             page.locator(".p-dialog").first.wait_for(state="visible", timeout=10_000)
-            page.keyboard.press("Escape")
-            page.locator(".p-dialog-mask").first.wait_for(state="detached", timeout=10_000)
+            close_dialog(page)
         except PlaywrightTimeout:
             pass
         for relative in graphs:
@@ -118,10 +123,9 @@ def main() -> None:
             if "wan21" in relative.parts:
                 page.evaluate(SMALL)
             page.evaluate(FIT)
-            page.screenshot(path=str(args.shots / f"{name}_loaded.png"))
             if page.locator(".p-dialog", has_text="Templates").count():  # a slow first visit opens it late
-                page.keyboard.press("Escape")
-                page.locator(".p-dialog-mask").first.wait_for(state="detached", timeout=10_000)
+                close_dialog(page)
+            page.screenshot(path=str(args.shots / f"{name}_loaded.png"))
             start = time.perf_counter()
             page.get_by_role("button", name="Run", exact=True).first.click()
             time.sleep(1.0)
